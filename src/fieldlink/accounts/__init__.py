@@ -1,0 +1,1 @@
+"""Accounts: users, organisations, memberships, roles, API keys, security events."""

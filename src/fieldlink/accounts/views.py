@@ -1,0 +1,1 @@
+"""Web pages of the accounts context (thin: parse, call one service, render)."""

@@ -1,0 +1,1 @@
+"""Persistent state of the audit context."""

@@ -1,0 +1,1 @@
+"""Billing: plans, quotas, Stripe checkout and webhooks."""

@@ -1,0 +1,1 @@
+"""Use cases of the billing context: the only place that changes its state."""

@@ -1,0 +1,1 @@
+"""Web pages of the billing context (thin: parse, call one service, render)."""

@@ -1,0 +1,1 @@
+"""Thin Typer commands over the same services the web and API use."""

@@ -1,0 +1,3 @@
+from fieldlink.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The Django project: settings, ASGI application, URL map, middleware, HTTP error mapping."""

@@ -1,0 +1,42 @@
+"""The REST API at /api/v1, with its OpenAPI 3 description at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from ninja import NinjaAPI
+
+from fieldlink.accounts.api import router as accounts_router
+from fieldlink.audit.api import router as audit_router
+from fieldlink.billing.api import router as billing_router
+from fieldlink.cloud.errors import install_api_error_handlers
+from fieldlink.devices.api import router as devices_router
+from fieldlink.ops.api import router as ops_router
+from fieldlink.support.api import router as support_router
+from fieldlink.telemetry.api import router as telemetry_router
+from fieldlink.updates.api import router as updates_router
+
+API_DESCRIPTION = """\
+The Fieldlink REST API for the web UI, mobile apps and scripts.
+
+Every error has the body `{"code": "...", "message": "...", "details": {...}}`; `code` is stable
+and meant for programs, `message` is for people. The API is served over HTTPS only.
+"""
+
+
+api = NinjaAPI(
+    title="Fieldlink API",
+    version="1",
+    description=API_DESCRIPTION,
+    urls_namespace="api-v1",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+install_api_error_handlers(api)
+
+api.add_router("/ops", ops_router)
+api.add_router("/accounts", accounts_router)
+api.add_router("/devices", devices_router)
+api.add_router("/telemetry", telemetry_router)
+api.add_router("/updates", updates_router)
+api.add_router("/support", support_router)
+api.add_router("/billing", billing_router)
+api.add_router("/audit", audit_router)

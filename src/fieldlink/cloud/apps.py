@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class CloudConfig(AppConfig):
+    name = "fieldlink.cloud"
+    label = "cloud"
+    verbose_name = "Fieldlink cloud"

@@ -1,0 +1,186 @@
+"""Django settings, derived entirely from the typed ``FieldlinkSettings`` object.
+
+Nothing here is read from the environment directly: ``fieldlink.settings`` is the one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from csp.constants import NONE, SELF
+
+from fieldlink.settings import load_settings
+
+FL = load_settings()
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = FL.var_dir.resolve()
+
+SECRET_KEY = FL.resolved_secret_key()
+DEBUG = FL.debug
+ALLOWED_HOSTS = FL.effective_allowed_hosts
+FIELDLINK = FL
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.admin",
+    "django_tasks",
+    "django_tasks_db",
+    "fieldlink.cloud.apps.CloudConfig",
+    "fieldlink.accounts",
+    "fieldlink.devices",
+    "fieldlink.telemetry",
+    "fieldlink.updates",
+    "fieldlink.support",
+    "fieldlink.billing",
+    "fieldlink.audit",
+    "fieldlink.ops",
+]
+
+MIDDLEWARE = [
+    "fieldlink.cloud.middleware.RequestMetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "fieldlink.cloud.middleware.SecurityBaselineMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "fieldlink.cloud.urls"
+ASGI_APPLICATION = "fieldlink.cloud.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "fieldlink.cloud.views.site_context",
+            ],
+        },
+    },
+]
+
+
+def _database() -> dict[str, Any]:
+    if FL.database_url is not None:
+        return dict(
+            dj_database_url.parse(
+                FL.database_url.get_secret_value(), conn_max_age=0, conn_health_checks=True
+            )
+        )
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VAR_DIR / "fieldlink.sqlite3",
+        # WAL and a busy timeout let the in-process worker and request handlers share the file.
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+def _cache() -> dict[str, Any]:
+    if FL.redis_url is not None:
+        return {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": FL.redis_url.get_secret_value(),
+            "KEY_PREFIX": "fieldlink",
+        }
+    return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "fieldlink"}
+
+
+CACHES = {"default": _cache()}
+
+TASKS = {
+    "default": {
+        "BACKEND": "django_tasks_db.DatabaseBackend",
+        "QUEUES": ["default"],
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS: list[dict[str, Any]] = []
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+# Served by the app itself (no CDN): WhiteNoise finds files in the apps' static/ folders.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+# -- Security baseline ------------------------------------------------------------------
+SECURE_HSTS_SECONDS = FL.hsts_seconds
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = False  # preload is a one-way door for the operator's domain; opt in by hand
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# The server speaks TLS itself (or sits behind a trusted proxy that does); uvicorn sets the
+# scheme only from trusted proxies, so no header-based redirect logic is needed here.
+SECURE_SSL_REDIRECT = False
+X_FRAME_OPTIONS = "DENY"
+
+SESSION_COOKIE_NAME = "__Host-fieldlink-session"
+SESSION_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = 60 * 60 * 12
+CSRF_COOKIE_NAME = "__Host-fieldlink-csrf"
+CSRF_COOKIE_SECURE = True
+CSRF_COOKIE_SAMESITE = "Strict"
+CSRF_FAILURE_VIEW = "fieldlink.cloud.views.csrf_failure"
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = FL.max_body_bytes
+FILE_UPLOAD_MAX_MEMORY_SIZE = FL.max_body_bytes
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [NONE],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "manifest-src": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+        "base-uri": [NONE],
+        "object-src": [NONE],
+    }
+}
+PERMISSIONS_POLICY = (
+    "camera=(), microphone=(), geolocation=(), payment=(), usb=(), interest-cohort=()"
+)
+
+# Logging is configured by fieldlink.kit.logging (one redaction layer); Django must not add its own.
+LOGGING_CONFIG = None
+
+NINJA_PAGINATION_PER_PAGE = 50

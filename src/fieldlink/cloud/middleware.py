@@ -1,0 +1,45 @@
+"""Django middleware of the cloud project."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+
+from fieldlink.ops.services import HTTP_LATENCY, HTTP_REQUESTS
+
+Handler = Callable[[HttpRequest], HttpResponse]
+
+
+class SecurityBaselineMiddleware:
+    """Headers Django's SecurityMiddleware does not set; it runs for every Django response."""
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        response.headers.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
+        response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+        if request.path.startswith(("/api/", "/edge/")):
+            # API answers are per caller; no shared cache may keep them.
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+class RequestMetricsMiddleware:
+    """Counts requests by route *pattern* (not raw path) so label cardinality stays bounded."""
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = request.resolver_match
+        route = match.route if match is not None else "unmatched"
+        HTTP_REQUESTS.labels(request.method or "", route, f"{response.status_code // 100}xx").inc()
+        HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
+        return response

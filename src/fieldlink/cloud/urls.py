@@ -1,0 +1,23 @@
+from django.urls import include, path
+
+from fieldlink.cloud import views
+from fieldlink.cloud.api import api
+from fieldlink.ops import views as ops_views
+from fieldlink.support import views as support_views
+
+handler400 = "fieldlink.cloud.views.bad_request"
+handler403 = "fieldlink.cloud.views.permission_denied"
+handler404 = "fieldlink.cloud.views.page_not_found"
+handler500 = "fieldlink.cloud.views.server_error"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", views.login_placeholder, name="login"),
+    path("manifest.webmanifest", views.manifest, name="manifest"),
+    path(".well-known/security.txt", support_views.security_txt, name="security-txt"),
+    path("support/", include("fieldlink.support.urls")),
+    path("healthz", ops_views.healthz, name="healthz"),
+    path("readyz", ops_views.readyz, name="readyz"),
+    path("metrics", ops_views.metrics, name="metrics"),
+    path("api/v1/", api.urls),
+]

@@ -1,0 +1,1 @@
+"""Devices: edge devices, enrollment, credentials, assets, measuring points."""

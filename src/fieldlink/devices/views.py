@@ -1,0 +1,1 @@
+"""Web pages of the devices context (thin: parse, call one service, render)."""

@@ -1,0 +1,1 @@
+"""Domain-free helpers: errors, clock, redaction, logging, TLS bootstrap."""

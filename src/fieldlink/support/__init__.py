@@ -1,0 +1,1 @@
+"""Support: tickets, vulnerability reports, support-access grants."""

@@ -1,0 +1,1 @@
+"""Use cases of the telemetry context: the only place that changes its state."""

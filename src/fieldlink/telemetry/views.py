@@ -1,0 +1,1 @@
+"""Web pages of the telemetry context (thin: parse, call one service, render)."""

@@ -1,0 +1,1 @@
+"""Updates: TUF repository, releases, rollouts, signed configurations."""

@@ -1,0 +1,1 @@
+"""Use cases of the updates context: the only place that changes its state."""
