@@ -45,15 +45,17 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "fieldlink.cloud.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Outermost after SecurityMiddleware, so redirects, static files and CSRF refusals get it too.
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "fieldlink.cloud.middleware.SecurityBaselineMiddleware",
     "csp.middleware.CSPMiddleware",
+    "fieldlink.cloud.middleware.APIErrorBodyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "fieldlink.cloud.urls"
@@ -127,7 +129,9 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = VAR_DIR / "static"
+# No collect step: WhiteNoise serves straight from the apps' static/ folders (finders), so a
+# fresh checkout serves its assets with nothing to build.
+STATIC_ROOT = None
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

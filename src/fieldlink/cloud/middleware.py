@@ -8,7 +8,11 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from fieldlink.cloud.errors import json_error
 from fieldlink.ops.services import HTTP_LATENCY, HTTP_REQUESTS
+
+API_PREFIXES = ("/api/", "/edge/")
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[HttpRequest], HttpResponse]
 
@@ -23,9 +27,30 @@ class SecurityBaselineMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
         response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
-        if request.path.startswith(("/api/", "/edge/")):
+        if request.path.startswith(API_PREFIXES):
             # API answers are per caller; no shared cache may keep them.
             response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+class APIErrorBodyMiddleware:
+    """Gives framework-made API refusals (e.g. Ninja's bare 405) the one JSON error body."""
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if (
+            response.status_code >= 400
+            and request.path.startswith(API_PREFIXES)
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            replacement = json_error(response.status_code)
+            for header in ("Allow", "Retry-After", "WWW-Authenticate"):
+                if header in response:
+                    replacement[header] = response[header]
+            return replacement
         return response
 
 
@@ -40,6 +65,7 @@ class RequestMetricsMiddleware:
         response = self.get_response(request)
         match = request.resolver_match
         route = match.route if match is not None else "unmatched"
-        HTTP_REQUESTS.labels(request.method or "", route, f"{response.status_code // 100}xx").inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        HTTP_REQUESTS.labels(method, route, f"{response.status_code // 100}xx").inc()
         HTTP_LATENCY.labels(route).observe(time.perf_counter() - started)
         return response

@@ -177,8 +177,13 @@ _ASSIGNMENT = re.compile(r"(?<![\w.\[\]-])(?P<name>[A-Za-z_][\w.\[\]-]{0,63})[ \
 _QUOTED_NAME = re.compile(r"(?P<q>[\"'])(?P<name>[^\"'\\\s]{1,64})\\?(?P=q)[ \t]*[:=][ \t]*")
 _LINE_NAME = re.compile(r"^[ \t]*(?P<name>[A-Za-z][\w-]{0,63})[ \t]*:[ \t]*(?=\S)", re.M)
 
+# Quoted values lose only their inside, so the quotes and the surrounding syntax survive; a quote
+# that never closes (a truncated line) takes the rest of the line with it.
 _QUOTED_VALUE = re.compile(
-    r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|\\\"(?:[^\"\\]|\\[^\"])*\\\"",
+    r"\"(?P<d>(?:[^\"\\]|\\.)*)\""
+    r"|'(?P<s>(?:[^'\\]|\\.)*)'"
+    r"|\\\"(?P<e>(?:[^\"\\]|\\[^\"])*)\\\""
+    r"|\\?[\"'](?P<u>[^\r\n]*)"
 )
 _BARE_ASSIGNED_VALUE = re.compile(r"[^&\s;,\"'<>#]+")
 _BARE_QUOTED_NAME_VALUE = re.compile(r"[^\s,;&}\]\"'{\[][^\s,;&}\]\"']*")
@@ -186,7 +191,7 @@ _REST_OF_LINE = re.compile(r"[^\r\n]+")
 _KEEP_LITERALS: Final = frozenset({"null", "None", "true", "false", "True", "False"})
 
 
-def _group_spans(pattern: re.Pattern[str], group: str) -> _Finder:
+def _group_spans(pattern: re.Pattern[str], group: str | int) -> _Finder:
     def find(text: str) -> list[_Span]:
         return [m.span(group) for m in pattern.finditer(text) if m.end(group) > m.start(group)]
 
@@ -206,19 +211,27 @@ def _looks_like_credential(word: str) -> bool:
 
 
 def _auth_scheme_spans(text: str) -> list[_Span]:
-    return [m.span("cred") for m in _AUTH_SCHEME.finditer(text) if _looks_like_credential(m["cred"])]
+    return [
+        m.span("cred") for m in _AUTH_SCHEME.finditer(text) if _looks_like_credential(m["cred"])
+    ]
 
 
-def _quoted_or(bare: re.Pattern[str]) -> Callable[[str, int], int]:
-    def value_end(text: str, pos: int) -> int:
-        m = _QUOTED_VALUE.match(text, pos) or bare.match(text, pos)
-        return m.end() if m else pos
+_ValueSpan = Callable[[str, int], _Span | None]
 
-    return value_end
+
+def _quoted_or(bare: re.Pattern[str]) -> _ValueSpan:
+    def value_span(text: str, pos: int) -> _Span | None:
+        if m := _QUOTED_VALUE.match(text, pos):
+            return m.span(m.lastgroup or 0)
+        if m := bare.match(text, pos):
+            return m.span()
+        return None
+
+    return value_span
 
 
 def _named_value_spans(
-    pattern: re.Pattern[str], value_end: Callable[[str, int], int], *, keep_literals: bool = False
+    pattern: re.Pattern[str], value_span: _ValueSpan, *, keep_literals: bool = False
 ) -> _Finder:
     # finditer over the names only, never over the values: a harmless "a=" must not swallow a
     # following "password=..." as its own value.
@@ -227,18 +240,20 @@ def _named_value_spans(
         for m in pattern.finditer(text):
             if not is_secret_key(m["name"]):
                 continue
-            start = m.end()
-            end = value_end(text, start)
-            if end > start and not (keep_literals and text[start:end] in _KEEP_LITERALS):
-                spans.append((start, end))
+            span = value_span(text, m.end())
+            if span is None or span[0] == span[1]:
+                continue
+            if keep_literals and text[span[0] : span[1]] in _KEEP_LITERALS:
+                continue
+            spans.append(span)
         return spans
 
     return find
 
 
-def _rest_of_line(text: str, pos: int) -> int:
+def _rest_of_line(text: str, pos: int) -> _Span | None:
     m = _REST_OF_LINE.match(text, pos)
-    return m.end() if m else pos
+    return m.span() if m else None
 
 
 _KEY_TRIGGERS: Final = (
@@ -264,7 +279,10 @@ _KEY_TRIGGERS: Final = (
 # log lines never reach the regular expressions.
 _FINDERS: Final[tuple[tuple[tuple[str, ...], _Finder], ...]] = (
     (("private key",), _pem_spans),
-    (("authorization", "cookie", "x-api-key", "x-auth-token", "csrf"), _group_spans(_SECRET_HEADER, "secret")),
+    (
+        ("authorization", "cookie", "x-api-key", "x-auth-token", "csrf"),
+        _group_spans(_SECRET_HEADER, "secret"),
+    ),
     (_KEY_TRIGGERS, _named_value_spans(_LINE_NAME, _rest_of_line)),
     (_KEY_TRIGGERS, _named_value_spans(_ASSIGNMENT, _quoted_or(_BARE_ASSIGNED_VALUE))),
     (
@@ -275,7 +293,7 @@ _FINDERS: Final[tuple[tuple[tuple[str, ...], _Finder], ...]] = (
     (("bearer", "basic"), _auth_scheme_spans),
     (FIELDLINK_KEY_PREFIXES, _group_spans(_FIELDLINK_KEY, "secret")),
     (("sk_", "rk_", "whsec_"), _group_spans(_STRIPE_KEY, "secret")),
-    (("eyj",), _group_spans(_JWT, "0")),
+    (("eyj",), _group_spans(_JWT, 0)),
 )
 
 
@@ -297,8 +315,15 @@ def _apply(text: str, spans: list[_Span]) -> str:
     return "".join(out)
 
 
+_ANY_TRIGGER: Final = re.compile(
+    "|".join(re.escape(t) for t in sorted({t for triggers, _ in _FINDERS for t in triggers}))
+)
+
+
 def _redact_once(text: str) -> str:
     lowered = text.lower()
+    if not _ANY_TRIGGER.search(lowered):
+        return text
     spans: list[_Span] = []
     for triggers, find in _FINDERS:
         if any(t in lowered for t in triggers):
@@ -335,7 +360,9 @@ def _redact_value(value: object, depth: int) -> object:
         for key, item in value.items():
             if isinstance(key, str) and is_secret_key(key):
                 # None, booleans and empty strings carry no secret and say whether one was set.
-                out[key] = item if item is None or isinstance(item, bool) or item == "" else REDACTED
+                out[key] = (
+                    item if item is None or isinstance(item, bool) or item == "" else REDACTED
+                )
             else:
                 out[key] = _redact_value(item, depth + 1)
         return out
