@@ -17,10 +17,11 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="session")
-def browser(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+def browser(server: RunningServer) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Debian's chromium is required at {CHROMIUM} (apt-get install chromium)")
     # Trust exactly our server's key (SPKI pin) rather than switching certificate checks off.
+    # Playwright's launch() always starts from a fresh temporary user-data dir of its own.
     pin = spki_sha256_base64(server.server_cert)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -35,7 +36,6 @@ def browser(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> 
                 "--disable-sync",
                 "--no-first-run",
                 f"--ignore-certificate-errors-spki-list={pin}",
-                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
             ],
         )
         try:
