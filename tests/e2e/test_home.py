@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def _collect_console(page: Page) -> list[ConsoleMessage]:
     messages: list[ConsoleMessage] = []
-    page.on("console", lambda message: messages.append(message))
+    page.on("console", lambda message: messages.append(message))  # noqa: PLW0108 -- Playwright cannot wrap a builtin method
     return messages
 
 

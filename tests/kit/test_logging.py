@@ -168,7 +168,7 @@ def test_traceback_is_formatted_then_redacted(output: io.StringIO, canary: Canar
     line = only_line(output)
     assert line["event"] == "database down"
     assert "Traceback (most recent call last)" in line["exception"]
-    assert "ConnectionError: cannot reach postgres://u:" in line["exception"]
+    assert f"ConnectionError: cannot reach postgres://u:{REDACTED}@db/fl" in line["exception"]
     assert f"password={REDACTED}" in line["exception"]
     assert secret not in output.getvalue()
 
