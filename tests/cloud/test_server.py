@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fieldlink.kit.tls import ensure_local_pki
 from tests.support.server import RunningServer, run_server
 
 HSTS_MIN = 31_536_000
@@ -293,3 +294,25 @@ def test_forwarded_for_is_believed_from_a_configured_proxy(tmp_path: Path) -> No
         client.get("/healthz?probe=trusted", headers={"X-Forwarded-For": "203.0.113.77"})
         time.sleep(0.3)
         assert "203.0.113.77" in proxied.log_text()
+
+
+def test_configured_certificate_is_served_instead_of_the_local_ca(tmp_path: Path) -> None:
+    # Stands in for a CA-issued certificate: issued by a CA the server did not make itself.
+    issued = ensure_local_pki(tmp_path / "external", ["localhost"])
+    env = {
+        "FIELDLINK_TLS_CERT": str(issued.server_cert),
+        "FIELDLINK_TLS_KEY": str(issued.server_key),
+    }
+    with run_server(tmp_path / "var", env, ca_cert=issued.ca_cert) as served:
+        context = ssl.create_default_context(cafile=str(issued.ca_cert))
+        with (
+            socket.create_connection(("127.0.0.1", served.https_port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        assert not (tmp_path / "var" / "tls").exists(), "no local CA when a certificate is given"
+    expected = ssl.PEM_cert_to_DER_cert(
+        issued.server_cert.read_text().split("-----END")[0] + "-----END CERTIFICATE-----\n"
+    )
+    assert der == expected

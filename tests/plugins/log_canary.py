@@ -51,7 +51,7 @@ class _Session:
     handler: logging.Handler | None = None
     current_test: str | None = None
     started = 0.0
-    found = False
+    keep_log_dir = False
 
 
 _session = _Session()
@@ -144,15 +144,20 @@ def pytest_runtest_logfinish() -> None:
     _session.current_test = None
 
 
-def _collect_report(report: pytest.TestReport | pytest.CollectReport, what: str) -> None:
+def _collect_report(
+    report: pytest.TestReport | pytest.CollectReport, what: str, phase: str | None = None
+) -> None:
+    where = report.nodeid or "<session>"
     for title, content in report.sections:
-        _remember(f"{what} {report.nodeid or '<session>'}: {title}", content)
+        # A test's later reports repeat the sections of its earlier phases.
+        if phase is None or title.endswith(f" {phase}"):
+            _remember(f"{what} {where}: {title}", content)
     if report.failed and report.longrepr is not None:
-        _remember(f"{what} {report.nodeid or '<session>'}: failure report", report.longreprtext)
+        _remember(f"{what} {where}: failure report", report.longreprtext)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    _collect_report(report, f"test ({report.when})")
+    _collect_report(report, "test", report.when)
 
 
 def pytest_collectreport(report: pytest.CollectReport) -> None:
@@ -210,7 +215,7 @@ def _findings(config: pytest.Config) -> dict[str, list[str]]:
     return found
 
 
-def _report(session: pytest.Session, found: dict[str, list[str]]) -> None:
+def _describe(found: dict[str, list[str]]) -> list[str]:
     lines = [f"{len(found)} registered secret(s) found in what this test session logged:"]
     for secret, locations in sorted(found.items()):
         shown = locations[:_MAX_LOCATIONS_SHOWN]
@@ -219,16 +224,19 @@ def _report(session: pytest.Session, found: dict[str, list[str]]) -> None:
         lines += [f"    - {location}" for location in shown]
         if more:
             lines.append(f"    - and {more} more")
-    if _session.created_log_dir:
-        lines.append(f"  (logs kept for inspection in {_session.log_dir})")
+    return lines
+
+
+def _write(session: pytest.Session, lines: list[str], *, red: bool) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.ensure_newline()
-        reporter.write_sep("=", "log canary", red=True, bold=True)
-        for line in lines:
-            reporter.write_line(line, red=True)
-    else:
+    if reporter is None:
         sys.stderr.write("log canary: " + "\n".join(lines) + "\n")
+        return
+    # The progress line of -q is still open when sessionfinish runs.
+    reporter.write_line("")
+    reporter.write_sep("=", "log canary", red=red, bold=red)
+    for line in lines:
+        reporter.write_line(line, red=red)
 
 
 # trylast: session-scoped fixtures (servers started for the whole session) are torn down in the
@@ -236,13 +244,17 @@ def _report(session: pytest.Session, found: dict[str, list[str]]) -> None:
 # terminal reporter's wrapper, so the report lands before the final summary line.
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    passing = (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
     found = _findings(session.config)
-    if not found:
-        return
-    _session.found = True
-    _report(session, found)
-    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+    lines = _describe(found) if found else []
+    if found and session.exitstatus in passing:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    # The logs of servers started by tests are what one reads first when a run goes wrong.
+    _session.keep_log_dir = session.exitstatus not in passing
+    if _session.keep_log_dir and _session.created_log_dir:
+        lines.append(f"test logs kept in {_session.log_dir}")
+    if lines:
+        _write(session, lines, red=bool(found))
 
 
 def pytest_unconfigure() -> None:
@@ -255,5 +267,5 @@ def pytest_unconfigure() -> None:
     if _session.created_log_dir:
         if _session.previous_env is None:
             os.environ.pop(LOG_DIR_ENV, None)
-        if _session.log_dir is not None and not _session.found:
+        if _session.log_dir is not None and not _session.keep_log_dir:
             shutil.rmtree(_session.log_dir, ignore_errors=True)

@@ -38,10 +38,11 @@ class RunningServer:
     log_file: Path
     process: subprocess.Popen[bytes]
     env: dict[str, str] = field(default_factory=dict)
+    trusted_ca: Path | None = None
 
     @property
     def ca_cert(self) -> Path:
-        return self.var_dir / "tls" / "ca.pem"
+        return self.trusted_ca or self.var_dir / "tls" / "ca.pem"
 
     @property
     def server_cert(self) -> Path:
@@ -85,7 +86,7 @@ def postgres_database_for_server() -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def run_server(
-    var_dir: Path, extra_env: Mapping[str, str] | None = None
+    var_dir: Path, extra_env: Mapping[str, str] | None = None, *, ca_cert: Path | None = None
 ) -> Iterator[RunningServer]:
     log_dir = Path(os.environ["FIELDLINK_TEST_LOG_DIR"])
     https_port, http_port = free_port(), free_port()
@@ -117,7 +118,9 @@ def run_server(
             stdout=stdout,
             stderr=subprocess.STDOUT,
         )
-        server = RunningServer(var_dir, https_port, http_port, token, log_file, process, env)
+        server = RunningServer(
+            var_dir, https_port, http_port, token, log_file, process, env, trusted_ca=ca_cert
+        )
         try:
             _wait_ready(server)
             yield server
