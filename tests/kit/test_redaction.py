@@ -138,10 +138,11 @@ def test_absent_secrets_stay_visible() -> None:
 
 
 def test_nested_structures_are_walked_and_keep_their_shape() -> None:
-    value = {
+    credentials = {"password": SECRET}
+    value: dict[str, object] = {
         "request": {
             "headers": [("Host", "example.com"), {"Authorization": "Bearer abc"}],
-            "form": {"user": "bob", "credentials": {"password": SECRET}},
+            "form": {"user": "bob", "credentials": credentials},
         },
         "tags": ("a", f"password={SECRET}"),
     }
@@ -154,7 +155,7 @@ def test_nested_structures_are_walked_and_keep_their_shape() -> None:
         "tags": ("a", f"password={REDACTED}"),
     }
     assert isinstance(result["tags"], tuple)
-    assert value["request"]["form"]["credentials"] == {"password": SECRET}, "input untouched"
+    assert credentials == {"password": SECRET}, "input untouched"
 
 
 def test_non_string_leaves_are_returned_as_they_are() -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -47,7 +49,7 @@ def test_canary_printed_by_a_passing_test_fails_the_session(inner: pytest.Pytest
         [
             "*= log canary =*",
             f"*canary {FIXED[:12]}… found in:",
-            "*test (call) test_leak.py::test_leak: Captured stdout call",
+            "*- test test_leak.py::test_leak: Captured stdout call",
         ]
     )
     assert FIXED not in output(result), "the report never prints the whole secret"
@@ -184,3 +186,28 @@ def test_canaries_logged_through_our_layer_are_redacted_and_the_session_passes(
     result.assert_outcomes(passed=1)
     assert result.ret == pytest.ExitCode.OK
     assert "log canary" not in output(result)
+
+
+@pytest.mark.parametrize(("outcome", "kept"), [("True", False), ("False", True)])
+def test_the_log_directory_it_made_is_removed_only_after_a_clean_session(
+    inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, outcome: str, kept: bool
+) -> None:
+    monkeypatch.delenv("FIELDLINK_TEST_LOG_DIR")
+    inner.makepyfile(
+        test_dir=f"""
+        import os
+
+        def test_dir():
+            print("LOGDIR=" + os.environ["FIELDLINK_TEST_LOG_DIR"])
+            assert {outcome}
+        """
+    )
+    result = inner.runpytest_subprocess("-p", "tests.plugins.log_canary", "-p", "no:django", "-s")
+    found = re.search(r"LOGDIR=(\S+)", result.stdout.str())
+    assert found is not None
+    log_dir = Path(found[1])
+    try:
+        assert log_dir.is_dir() is kept
+        assert (f"test logs kept in {log_dir}" in result.stdout.str()) is kept
+    finally:
+        shutil.rmtree(log_dir, ignore_errors=True)
