@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import string
+import time
 import uuid
 
 import pytest
@@ -367,3 +368,20 @@ def test_neutralize_newlines_keeps_a_value_on_one_line() -> None:
 @given(st.text())
 def test_neutralize_newlines_never_leaves_a_line_break(text: str) -> None:
     assert len(neutralize_newlines(text).splitlines()) <= 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password=" * 20_000,
+        '"password": "' * 20_000,
+        "a" * 100_000 + "://",
+        "http://u:" * 20_000,
+        "-----BEGIN PRIVATE KEY-----" * 5_000,
+    ],
+    ids=["assignments", "unclosed-quotes", "long-scheme", "userinfo", "pem-headers"],
+)
+def test_adversarial_input_is_handled_in_linear_time(text: str) -> None:
+    started = time.perf_counter()
+    redact_text(text)
+    assert time.perf_counter() - started < 2.0

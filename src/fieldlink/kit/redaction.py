@@ -163,7 +163,9 @@ _STRIPE_KEY = re.compile(
     r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:live|test)_|whsec_)(?P<secret>[A-Za-z0-9+/=]{8,})"
 )
 _JWT = re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){2,4}")
-_URL_USERINFO = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s:/?#@]*:(?P<secret>[^\s/?#@]*)@")
+_URL_USERINFO = re.compile(
+    r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s:/?#@]*:(?P<secret>[^\s/?#@]*)@"
+)
 
 # Headers whose whole value is secret wherever they appear, not only at the start of a line.
 _SECRET_HEADER = re.compile(
@@ -237,8 +239,11 @@ def _named_value_spans(
     # following "password=..." as its own value.
     def find(text: str) -> list[_Span]:
         spans = []
+        covered = 0
         for m in pattern.finditer(text):
-            if not is_secret_key(m["name"]):
+            # A name inside a value already going is gone with it; skipping it keeps
+            # "password=password=..." linear instead of rescanning the tail for every name.
+            if m.start() < covered or not is_secret_key(m["name"]):
                 continue
             span = value_span(text, m.end())
             if span is None or span[0] == span[1]:
@@ -246,6 +251,7 @@ def _named_value_spans(
             if keep_literals and text[span[0] : span[1]] in _KEEP_LITERALS:
                 continue
             spans.append(span)
+            covered = span[1]
         return spans
 
     return find
@@ -349,6 +355,10 @@ T = TypeVar("T")
 _MAX_DEPTH: Final = 32
 
 
+def _says_only_whether_set(value: object) -> bool:
+    return value is None or isinstance(value, bool) or (isinstance(value, str) and not value)
+
+
 def _redact_value(value: object, depth: int) -> object:
     if isinstance(value, str):
         return redact_text(value)
@@ -359,10 +369,7 @@ def _redact_value(value: object, depth: int) -> object:
         out: dict[object, object] = {}
         for key, item in value.items():
             if isinstance(key, str) and is_secret_key(key):
-                # None, booleans and empty strings carry no secret and say whether one was set.
-                out[key] = (
-                    item if item is None or isinstance(item, bool) or item == "" else REDACTED
-                )
+                out[key] = item if _says_only_whether_set(item) else REDACTED
             else:
                 out[key] = _redact_value(item, depth + 1)
         return out
