@@ -21,7 +21,14 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REFUSED_METHODS = frozenset({"TRACE", "TRACK", "CONNECT"})
+# Machine clients live under these paths: they get JSON errors, never pages or redirects.
 API_PREFIXES = ("/api/", "/edge/", "/metrics")
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES)
+
+
 # The raw responses below carry no page content, so their policy can be the strictest there is.
 RAW_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
@@ -159,7 +166,7 @@ class HTTPSRedirect:
         if scope["type"] != "http":
             return
         path: str = scope["path"]
-        if path.startswith(API_PREFIXES):
+        if is_api_path(path):
             await send_json(
                 send,
                 403,

@@ -9,9 +9,9 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from fieldlink.cloud.errors import json_error
+from fieldlink.cloud.guards import is_api_path
 from fieldlink.ops.services import HTTP_LATENCY, HTTP_REQUESTS
 
-API_PREFIXES = ("/api/", "/edge/")
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 Handler = Callable[[HttpRequest], HttpResponse]
@@ -27,7 +27,7 @@ class SecurityBaselineMiddleware:
         response = self.get_response(request)
         response.headers.setdefault("Permissions-Policy", settings.PERMISSIONS_POLICY)
         response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
-        if request.path.startswith(API_PREFIXES):
+        if is_api_path(request.path):
             # API answers are per caller; no shared cache may keep them.
             response.headers.setdefault("Cache-Control", "no-store")
         return response
@@ -43,7 +43,7 @@ class APIErrorBodyMiddleware:
         response = self.get_response(request)
         if (
             response.status_code >= 400
-            and request.path.startswith(API_PREFIXES)
+            and is_api_path(request.path)
             and not response.get("Content-Type", "").startswith("application/json")
         ):
             replacement = json_error(response.status_code)

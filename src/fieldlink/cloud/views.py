@@ -12,12 +12,7 @@ from django.views.decorators.http import require_safe
 
 from fieldlink import __version__
 from fieldlink.cloud.errors import MESSAGE_BY_STATUS, json_error
-
-API_PREFIXES = ("/api/", "/edge/")
-
-
-def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES) or path == "/metrics"
+from fieldlink.cloud.guards import is_api_path
 
 
 def site_context(request: HttpRequest) -> dict[str, Any]:

@@ -3,7 +3,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-import tomllib
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -187,8 +186,3 @@ def load_settings() -> FieldlinkSettings:
     settings = FieldlinkSettings()
     settings.check()
     return settings
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    with path.open("rb") as handle:
-        return tomllib.load(handle)
