@@ -62,8 +62,8 @@ def assert_security_baseline(response: httpx.Response) -> None:
     ("method", "path", "status", "extra_headers"),
     [
         ("GET", "/", 200, {}),
-        ("GET", "/login/", 200, {}),
-        ("GET", "/login", 301, {}),  # APPEND_SLASH redirect
+        ("GET", "/accounts/login/", 200, {}),
+        ("GET", "/accounts/login", 301, {}),  # APPEND_SLASH redirect
         ("GET", "/no-such-page/", 404, {}),
         ("GET", "/api/v1/no-such-route", 404, {}),
         ("GET", "/api/v1/openapi.json", 200, {}),
@@ -147,7 +147,7 @@ def test_session_and_csrf_cookies_are_host_prefixed_secure_and_samesite(
     server: RunningServer,
 ) -> None:
     with server.client() as client:
-        response = client.get("/login/")
+        response = client.get("/accounts/login/")
     cookies = response.headers.get_list("set-cookie")
     csrf = next(c for c in cookies if c.startswith("__Host-fieldlink-csrf="))
     attributes = {part.strip().split("=")[0].lower() for part in csrf.split(";")[1:]}
@@ -207,9 +207,12 @@ def test_curl_verifies_the_server_against_the_local_ca(server: RunningServer) ->
 
 def test_plain_http_redirects_pages_to_https(server: RunningServer) -> None:
     with httpx.Client(timeout=10) as client:
-        response = client.get(f"http://localhost:{server.http_port}/login/?next=/x")
+        response = client.get(f"http://localhost:{server.http_port}/accounts/login/?next=/x")
     assert response.status_code == 301
-    assert response.headers["location"] == f"https://localhost:{server.https_port}/login/?next=/x"
+    assert (
+        response.headers["location"]
+        == f"https://localhost:{server.https_port}/accounts/login/?next=/x"
+    )
 
 
 def test_plain_http_api_call_is_refused(server: RunningServer) -> None:

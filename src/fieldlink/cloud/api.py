@@ -5,6 +5,7 @@ from __future__ import annotations
 from ninja import NinjaAPI
 
 from fieldlink.accounts.api import router as accounts_router
+from fieldlink.accounts.auth import API_AUTH
 from fieldlink.audit.api import router as audit_router
 from fieldlink.billing.api import router as billing_router
 from fieldlink.cloud.errors import install_api_error_handlers
@@ -16,6 +17,11 @@ from fieldlink.updates.api import router as updates_router
 
 API_DESCRIPTION = """\
 The Fieldlink REST API for the web UI, mobile apps and scripts.
+
+Authenticate with one of: the web UI's session cookie (plus the CSRF token for writes), an
+allauth headless session token (`X-Session-Token`, for the mobile apps: see the sign-in API at
+[/_allauth/openapi.html](/_allauth/openapi.html) and `docs/mobile-sign-in.md`), or a personal
+API key (`Authorization: Bearer flk_…`). Read-only keys may not write.
 
 Every error has the body `{"code": "...", "message": "...", "details": {...}}`; `code` is stable
 and meant for programs, `message` is for people. The API is served over HTTPS only.
@@ -29,11 +35,12 @@ api = NinjaAPI(
     urls_namespace="api-v1",
     docs_url="/docs",
     openapi_url="/openapi.json",
+    auth=API_AUTH,
 )
 install_api_error_handlers(api)
 
 api.add_router("/ops", ops_router)
-api.add_router("/accounts", accounts_router)
+api.add_router("", accounts_router)
 api.add_router("/devices", devices_router)
 api.add_router("/telemetry", telemetry_router)
 api.add_router("/updates", updates_router)

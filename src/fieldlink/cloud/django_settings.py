@@ -29,10 +29,15 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.admin",
+    "allauth",
+    "allauth.account",
+    "allauth.mfa",
+    "allauth.usersessions",
+    "allauth.headless",
     "django_tasks",
     "django_tasks_db",
     "fieldlink.cloud.apps.CloudConfig",
-    "fieldlink.accounts",
+    "fieldlink.accounts.apps.AccountsConfig",
     "fieldlink.devices",
     "fieldlink.telemetry",
     "fieldlink.updates",
@@ -56,6 +61,8 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+    "allauth.usersessions.middleware.UserSessionsMiddleware",
 ]
 
 ROOT_URLCONF = "fieldlink.cloud.urls"
@@ -121,7 +128,79 @@ TASKS = {
     }
 }
 
-AUTH_PASSWORD_VALIDATORS: list[dict[str, Any]] = []
+# -- Accounts (django-allauth) ----------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = ["allauth.account.auth_backends.AuthenticationBackend"]
+# bcrypt (cost 12) behind a SHA-256 pre-hash: nothing is cut at bcrypt's 72-byte limit. Older
+# hashes keep verifying and are re-hashed with the first hasher at the next sign-in.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS: list[dict[str, Any]] = [
+    {"NAME": f"fieldlink.accounts.passwords.{name}"}
+    for name in (
+        "LengthPolicyValidator",
+        "BlocklistValidator",
+        "PersonalInformationValidator",
+        "StrengthValidator",
+    )
+]
+PASSWORD_RESET_TIMEOUT = 60 * 60  # reset links die after one hour
+
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "accounts:profile"
+ACCOUNT_ADAPTER = "fieldlink.accounts.adapters.AccountAdapter"
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_PREVENT_ENUMERATION = True
+ACCOUNT_EMAIL_NOTIFICATIONS = True
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = False
+ACCOUNT_LOGIN_ON_PASSWORD_RESET = False
+ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False  # this session stays; all others end (services)
+ACCOUNT_SESSION_REMEMBER = None
+ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https"
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Fieldlink] "
+# Escalating limits (see docs/security.md). Failed sign-ins per account (key) never exceed
+# 5 + 5 + ... within an hour: at most 20 per account per hour, far below the 100 allowed.
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": "10/m/ip,60/h/ip,5/5m/key,10/h/key,20/d/key",
+    "login": "30/m/ip",
+    "signup": "5/m/ip,20/h/ip",
+    "reset_password": "5/m/ip,20/h/ip,3/15m/key",
+    "reset_password_from_key": "20/m/ip",
+    "change_password": "5/m/user",
+    "manage_email": "10/m/user",
+    "reauthenticate": "10/m/user",
+    "confirm_email": "1/3m/key",
+}
+MFA_ADAPTER = "fieldlink.accounts.adapters.MFAAdapter"
+MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
+MFA_PASSKEY_LOGIN_ENABLED = True
+MFA_TOTP_ISSUER = "Fieldlink"
+MFA_RATE_LIMITS = {"mfa_authenticate": "5/m/user,20/h/user", "reauthenticate": "10/m/user"}
+USERSESSIONS_TRACK_ACTIVITY = True
+HEADLESS_CLIENTS = ("app", "browser")
+HEADLESS_SERVE_SPECIFICATION = True
+
+# -- Mail ---------------------------------------------------------------------------------
+DEFAULT_FROM_EMAIL = FL.email_from
+SERVER_EMAIL = FL.email_from
+if FL.email_host:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = FL.email_host
+    EMAIL_PORT = FL.email_port
+    EMAIL_HOST_USER = FL.email_user or ""
+    EMAIL_HOST_PASSWORD = FL.email_password.get_secret_value() if FL.email_password else ""
+    EMAIL_USE_TLS = FL.email_use_tls
+    EMAIL_TIMEOUT = 10
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = str(FL.outbox_dir.resolve())
 
 LANGUAGE_CODE = "en"
 TIME_ZONE = "UTC"

@@ -12,12 +12,14 @@ handler500 = "fieldlink.cloud.views.server_error"
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("login/", views.login_placeholder, name="login"),
     path("manifest.webmanifest", views.manifest, name="manifest"),
     path(".well-known/security.txt", support_views.security_txt, name="security-txt"),
     path("support/", include("fieldlink.support.urls")),
     path("healthz", ops_views.healthz, name="healthz"),
     path("readyz", ops_views.readyz, name="readyz"),
     path("metrics", ops_views.metrics, name="metrics"),
+    path("accounts/", include("allauth.urls")),
+    path("me/", include("fieldlink.accounts.urls")),
+    path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", api.urls),
 ]

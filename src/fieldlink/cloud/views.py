@@ -25,11 +25,6 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 @require_safe
-def login_placeholder(request: HttpRequest) -> HttpResponse:
-    return render(request, "cloud/login.html")
-
-
-@require_safe
 @cache_control(max_age=86400, public=True)
 def manifest(request: HttpRequest) -> HttpResponse:
     return render(request, "cloud/manifest.webmanifest", content_type="application/manifest+json")

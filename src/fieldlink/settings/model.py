@@ -64,6 +64,13 @@ class FieldlinkSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_file: Path | None = None
     region: str = "eu-central"
+    # Mail: with no host, mails land as files in var/outbox (the embedded default).
+    email_host: str | None = None
+    email_port: int = Field(default=587, ge=1, le=65535)
+    email_user: str | None = None
+    email_password: SecretStr | None = None
+    email_use_tls: bool = True
+    email_from: str = "Fieldlink <no-reply@fieldlink.localhost>"
     run_worker: bool = True
     hsts_seconds: int = Field(default=63_072_000, ge=0)
 
@@ -108,6 +115,10 @@ class FieldlinkSettings(BaseSettings):
     @property
     def tls_dir(self) -> Path:
         return self.var_dir / "tls"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.var_dir / "outbox"
 
     @property
     def effective_allowed_hosts(self) -> list[str]:

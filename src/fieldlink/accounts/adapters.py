@@ -1,0 +1,115 @@
+"""django-allauth adapters: where Fieldlink's sign-in policy plugs into allauth's flows."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from allauth.account.adapter import DefaultAccountAdapter
+from allauth.core.exceptions import ImmediateHttpResponse
+from allauth.core.internal import ratelimit as allauth_ratelimit
+from allauth.mfa.adapter import DefaultMFAAdapter
+from allauth.mfa.models import Authenticator
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from redis.exceptions import RedisError
+
+from fieldlink.accounts.models import SecurityEventKind, User
+from fieldlink.accounts.services import record_security_event
+from fieldlink.kit.logging import get_logger
+
+log = get_logger(__name__)
+
+SECOND_FACTOR_TYPES = (Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN)
+
+
+def retry_after_seconds(request: HttpRequest, *, action: str, key: str) -> int:
+    """Seconds until the tightest exhausted login_failed limit has room again (at least 1)."""
+    now = time.time()
+    wait = 1.0
+    for rate in allauth_ratelimit.get_rates(app="allauth.account", action=action):
+        cache_key = allauth_ratelimit.get_cache_key(
+            request, app="allauth.account", action=action, rate=rate, key=key
+        )
+        history: list[float] = cache.get(cache_key, [])
+        recent = [t for t in history if t > now - rate.duration]
+        if len(recent) >= rate.amount:
+            # The window frees up when its oldest counted attempt ages out.
+            oldest_counted = sorted(recent, reverse=True)[rate.amount - 1]
+            wait = max(wait, oldest_counted + rate.duration - now)
+    return math.ceil(wait)
+
+
+def too_many_requests(request: HttpRequest, retry_after: int) -> HttpResponse:
+    response = render(
+        request,
+        "429.html",
+        {"retry_after": retry_after, "minutes": max(1, math.ceil(retry_after / 60))},
+        status=429,
+    )
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
+def unavailable(request: HttpRequest) -> HttpResponse:
+    response = render(request, "accounts/sign_in_unavailable.html", status=503)
+    response["Retry-After"] = "30"
+    return response
+
+
+class AccountAdapter(DefaultAccountAdapter):
+    def pre_authenticate(self, request: HttpRequest, **credentials: Any) -> None:
+        try:
+            super().pre_authenticate(request, **credentials)
+        except RedisError as exc:
+            # Fail closed: without the shared counters nobody could be limited, so nobody
+            # signs in with a password until the store is back (docs/security.md).
+            log.error("sign_in_refused_rate_limit_store_down", error=type(exc).__name__)  # noqa: TRY400 -- no traceback for a known outage
+            raise ImmediateHttpResponse(unavailable(request)) from exc
+        except Exception as exc:
+            if getattr(exc, "code", None) != "too_many_login_attempts":
+                raise
+            key = self._get_login_attempts_cache_key(request, **credentials)
+            retry_after = retry_after_seconds(request, action="login_failed", key=key)
+            self._record_limit(credentials)
+            raise ImmediateHttpResponse(too_many_requests(request, retry_after)) from exc
+
+    def _record_limit(self, credentials: dict[str, Any]) -> None:
+        email = str(credentials.get("email", ""))
+        user = User.objects.filter(email__iexact=email).first() if email else None
+        if user is not None:
+            record_security_event(user, SecurityEventKind.RATE_LIMITED, limit="login_failed")
+
+    def pre_login(self, request: HttpRequest, user: Any, **kwargs: Any) -> HttpResponse | None:
+        if isinstance(user, User) and user.is_platform_staff and not has_second_factor(user):
+            log.warning("staff_sign_in_refused_without_second_factor")
+            return render(request, "accounts/staff_mfa_required.html", status=403)
+        response: HttpResponse | None = super().pre_login(request, user, **kwargs)
+        return response
+
+    def is_open_for_signup(self, request: HttpRequest) -> bool:
+        return bool(getattr(settings, "FIELDLINK_SIGNUP_OPEN", True))
+
+
+def has_second_factor(user: User) -> bool:
+    return bool(Authenticator.objects.filter(user=user, type__in=SECOND_FACTOR_TYPES).exists())
+
+
+class MFAAdapter(DefaultMFAAdapter):
+    def can_delete_authenticator(self, authenticator: Authenticator) -> bool:
+        user = authenticator.user
+        if authenticator.type not in SECOND_FACTOR_TYPES:
+            return True
+        others = (
+            Authenticator.objects.filter(user=user, type__in=SECOND_FACTOR_TYPES)
+            .exclude(pk=authenticator.pk)
+            .exists()
+        )
+        if others:
+            return True
+        # Removing the last second factor: the password alone must then meet the 15-character
+        # rule, and staff may never be without a second factor.
+        return bool(user.password_ok_without_mfa) and not user.is_platform_staff
