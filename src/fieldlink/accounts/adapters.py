@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import math
 import time
+from functools import lru_cache
 from typing import Any
 
 from allauth.account.adapter import DefaultAccountAdapter
@@ -11,6 +13,9 @@ from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.core.internal import ratelimit as allauth_ratelimit
 from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.mfa.models import Authenticator
+from cryptography.fernet import Fernet, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
@@ -98,7 +103,31 @@ def has_second_factor(user: User) -> bool:
     return bool(Authenticator.objects.filter(user=user, type__in=SECOND_FACTOR_TYPES).exists())
 
 
+@lru_cache(maxsize=4)
+def _mfa_cipher(keys: tuple[str, ...]) -> MultiFernet:
+    def derive(secret_key: str) -> Fernet:
+        # A key of its own for MFA secrets, derived so that the Django secret key is not
+        # used directly as a cipher key.
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fieldlink-mfa-v1")
+        return Fernet(base64.urlsafe_b64encode(hkdf.derive(secret_key.encode())))
+
+    return MultiFernet([derive(key) for key in keys])
+
+
+def mfa_cipher() -> MultiFernet:
+    # The current key encrypts; fallbacks still decrypt, so SECRET_KEY can be rotated.
+    return _mfa_cipher((settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS))
+
+
 class MFAAdapter(DefaultMFAAdapter):
+    """TOTP secrets and recovery-code seeds are stored encrypted (allauth stores them clear)."""
+
+    def encrypt(self, text: str) -> str:
+        return mfa_cipher().encrypt(text.encode()).decode()
+
+    def decrypt(self, encrypted_text: str) -> str:
+        return mfa_cipher().decrypt(encrypted_text.encode()).decode()
+
     def can_delete_authenticator(self, authenticator: Authenticator) -> bool:
         user = authenticator.user
         if authenticator.type not in SECOND_FACTOR_TYPES:

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from allauth.account.models import EmailAddress
+from allauth.mfa.adapter import get_adapter
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from allauth.usersessions.models import UserSession
 from django.core.mail import send_mail
 from django.db import transaction
 from django.http import HttpRequest
@@ -26,6 +31,7 @@ from fieldlink.accounts.models import (
     ApiKeyScope,
     SecurityEvent,
     SecurityEventKind,
+    StaffRole,
     User,
 )
 from fieldlink.kit.logging import get_logger
@@ -122,8 +128,6 @@ def on_signed_in(request: HttpRequest, user: User) -> None:
 
 def end_other_sessions(request: HttpRequest | None, user: User) -> int:
     """End every session of ``user`` except the one making this request."""
-    from allauth.usersessions.models import UserSession  # noqa: PLC0415
-
     current = request.session.session_key if request is not None else None
     ended = 0
     for session in UserSession.objects.filter(user=user):
@@ -247,3 +251,35 @@ def authenticate_api_key(secret: str, ip: str | None) -> ApiKey | None:
 
 def api_keys_of(user: User) -> list[ApiKey]:
     return list(ApiKey.objects.filter(user=user))
+
+
+# -- Platform staff --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StaffEnrollment:
+    user: User
+    totp_secret: str  # printed once for the authenticator app, stored only encrypted
+    otpauth_uri: str
+
+
+def enroll_staff(email: str, role: StaffRole) -> StaffEnrollment:
+    """Create (or update) a staff account and give it a fresh TOTP authenticator.
+
+    Staff cannot sign in without a second factor, so the factor is created here, by a platform
+    admin at the console, and the password is then set by the staff member via a reset link.
+    """
+    if role == StaffRole.NONE:
+        raise ApiKeyInvalidError("Choose a staff role.")
+    user = User.objects.filter(email__iexact=email).first()
+    if user is None:
+        user = User.objects.create_user(email=email, password=None)
+    user.staff_role = role
+    user.save(update_fields=["staff_role"])
+    EmailAddress.objects.update_or_create(
+        user=user, email=user.email, defaults={"verified": True, "primary": True}
+    )
+    Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).delete()
+    secret = generate_totp_secret()
+    TOTP.activate(user, secret)
+    return StaffEnrollment(user, secret, get_adapter().build_totp_url(user, secret))

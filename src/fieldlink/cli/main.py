@@ -91,6 +91,33 @@ def check_settings() -> None:
         typer.echo("settings are fit for " + settings.FIELDLINK.mode)
 
 
+staff_app = typer.Typer(help="Platform staff accounts (support, platform admin).")
+app.add_typer(staff_app, name="staff")
+
+
+@staff_app.command("enroll")
+def staff_enroll(
+    email: Annotated[str, typer.Option(help="The staff member's e-mail address")],
+    role: Annotated[str, typer.Option(help="support or platform_admin")] = "support",
+) -> None:
+    """Create or update a staff account with a fresh TOTP authenticator (printed once)."""
+    _boot()
+    from django.db import transaction  # noqa: PLC0415
+
+    from fieldlink.accounts.models import StaffRole  # noqa: PLC0415
+    from fieldlink.accounts.services import enroll_staff  # noqa: PLC0415
+
+    if role not in (StaffRole.SUPPORT, StaffRole.PLATFORM_ADMIN):
+        typer.echo("fieldlink: --role must be support or platform_admin", err=True)
+        raise typer.Exit(2)
+    with transaction.atomic():
+        enrollment = enroll_staff(email, StaffRole(role))
+    # Printed to the admin's terminal only (never logged): hand it over in person.
+    typer.echo(f"Staff account {enrollment.user.email} ({role}) has a new TOTP authenticator.")
+    typer.echo(f"Add it to an authenticator app:\n  {enrollment.otpauth_uri}")
+    typer.echo("Then set a password with 'Forgot password?' on the sign-in page.")
+
+
 @app.command()
 def version() -> None:
     """Print the Fieldlink version."""

@@ -1,0 +1,124 @@
+"""Staff need a second factor; MFA secrets are stored encrypted; MFA removal keeps the policy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from allauth.account.models import EmailAddress
+from allauth.mfa.adapter import get_adapter
+from allauth.mfa.models import Authenticator
+from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from django.db import connection
+from django.test import Client
+
+from fieldlink.accounts.models import StaffRole, User
+from fieldlink.accounts.services import enroll_staff
+from tests.plugins.log_canary import register_canary
+
+pytestmark = [pytest.mark.django_db, pytest.mark.backend]
+
+PASSWORD = register_canary("violet-harbor-quantum-lantern-97")
+
+
+def _user(email: str, *, role: StaffRole = StaffRole.NONE, password: str = PASSWORD) -> User:
+    user = User.objects.create_user(email=email, password=password, staff_role=role)
+    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
+    return user
+
+
+def _sign_in(client: Client, email: str, password: str = PASSWORD) -> int:
+    response = client.post(
+        "/accounts/login/", {"login": email, "password": password}, secure=True
+    )
+    return response.status_code
+
+
+def test_staff_without_second_factor_cannot_sign_in() -> None:
+    _user("support@fieldlink.example", role=StaffRole.SUPPORT)
+    client = Client()
+    assert _sign_in(client, "support@fieldlink.example") == 403
+    assert client.get("/api/v1/me", secure=True).status_code == 401
+
+
+def test_staff_with_totp_must_pass_the_second_factor() -> None:
+    user = _user("admin@fieldlink.example", role=StaffRole.PLATFORM_ADMIN)
+    TOTP.activate(user, generate_totp_secret())
+    client = Client()
+    response = client.post(
+        "/accounts/login/", {"login": user.email, "password": PASSWORD}, secure=True
+    )
+    assert response.status_code == 302
+    assert response["Location"] == "/accounts/2fa/authenticate/"
+    assert client.get("/api/v1/me", secure=True).status_code == 401  # not yet signed in
+
+
+def test_customer_without_second_factor_signs_in() -> None:
+    _user("operator@plant.example")
+    client = Client()
+    assert _sign_in(client, "operator@plant.example") == 302
+    assert client.get("/api/v1/me", secure=True).json()["email"] == "operator@plant.example"
+
+
+def test_totp_secret_is_stored_encrypted() -> None:
+    user = _user("crypto@plant.example")
+    secret = register_canary(generate_totp_secret())
+    TOTP.activate(user, secret)
+    stored = Authenticator.objects.get(user=user).data["secret"]
+    assert secret not in stored
+    assert get_adapter().decrypt(stored) == secret
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT data FROM mfa_authenticator")
+        assert all(secret not in str(row) for row in cursor.fetchall())
+
+
+def test_last_second_factor_cannot_be_removed_while_the_password_is_short() -> None:
+    short = register_canary("Tq8#vL2x!mZp4")  # 13 characters: only allowed with MFA
+    user = _user("short@plant.example", password=short)
+    totp = TOTP.activate(user, generate_totp_secret()).instance
+    assert user.password_ok_without_mfa is False
+    assert get_adapter().can_delete_authenticator(totp) is False
+    user.set_password(PASSWORD)
+    user.save()
+    assert get_adapter().can_delete_authenticator(totp) is True
+
+
+def test_staff_can_never_remove_their_last_second_factor() -> None:
+    user = _user("staff2@fieldlink.example", role=StaffRole.SUPPORT)
+    totp = TOTP.activate(user, generate_totp_secret()).instance
+    assert get_adapter().can_delete_authenticator(totp) is False
+
+
+def test_enroll_staff_creates_a_verified_account_with_totp() -> None:
+    enrollment = enroll_staff("new.support@fieldlink.example", StaffRole.SUPPORT)
+    register_canary(enrollment.totp_secret)
+    assert enrollment.user.staff_role == StaffRole.SUPPORT
+    assert not enrollment.user.has_usable_password()
+    assert EmailAddress.objects.get(user=enrollment.user).verified
+    assert enrollment.otpauth_uri.startswith("otpauth://totp/")
+    assert Authenticator.objects.filter(user=enrollment.user, type="totp").count() == 1
+
+
+def test_staff_enroll_cli_prints_the_uri_once_and_refuses_bad_roles(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDLINK_")}
+    env.update(FIELDLINK_VAR_DIR=str(tmp_path), FIELDLINK_LOG_FILE=str(
+        Path(os.environ["FIELDLINK_TEST_LOG_DIR"]) / "staff-cli.log"))
+    cli = [sys.executable, "-m", "fieldlink.cli"]
+    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True, timeout=120)
+    bad = subprocess.run(
+        [*cli, "staff", "enroll", "--email", "x@fieldlink.example", "--role", "root"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert bad.returncode == 2
+    good = subprocess.run(
+        [*cli, "staff", "enroll", "--email", "x@fieldlink.example", "--role", "support"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert good.returncode == 0, good.stderr
+    uri = next(line.strip() for line in good.stdout.splitlines() if "otpauth://" in line)
+    secret = uri.split("secret=")[1].split("&")[0]
+    register_canary(secret)
+    assert secret not in good.stderr  # the log stream never carries it
