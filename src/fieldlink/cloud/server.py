@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import ssl
 import threading
@@ -122,6 +123,47 @@ class _Worker:
         self.thread.join(timeout=5)
 
 
+class _Scheduler:
+    """Enqueues the periodic tasks (``fieldlink.ops.tasks.PERIODIC``) with jitter."""
+
+    def __init__(self, first_delay: float = 60.0) -> None:
+        self.stop_event = threading.Event()
+        self.first_delay = first_delay
+        self.thread = threading.Thread(target=self.run, name="tasks-scheduler", daemon=True)
+
+    def run(self) -> None:
+        from django.db import close_old_connections  # noqa: PLC0415
+
+        from fieldlink.ops.tasks import PERIODIC  # noqa: PLC0415
+
+        # Jitter keeps replicas that started together from enqueueing in lockstep.
+        due = [self.first_delay * random.uniform(0.5, 1.5) for _ in PERIODIC]  # noqa: S311
+        elapsed = 0.0
+        while True:
+            wait = max(0.0, min(due) - elapsed)
+            if self.stop_event.wait(wait):
+                return
+            elapsed += wait
+            for index, (interval, task) in enumerate(PERIODIC):
+                if due[index] <= elapsed:
+                    try:
+                        task.enqueue()
+                        log.info("periodic_task_enqueued", task=task.name)
+                    except Exception:
+                        log.exception("periodic_task_enqueue_failed", task=task.name)
+                    finally:
+                        close_old_connections()
+                    jitter = random.uniform(0.9, 1.1)  # noqa: S311
+                    due[index] = elapsed + interval.total_seconds() * jitter
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+
+
 def serve(
     settings: FieldlinkSettings,
     *,
@@ -176,11 +218,14 @@ def serve(
     main = _MainServer(main_config, companions)
 
     worker = _Worker() if settings.run_worker else None
+    scheduler = _Scheduler()
     if worker is not None:
         worker.start()
+    scheduler.start()
     try:
         asyncio.run(_serve_all(main, companions))
     finally:
+        scheduler.stop()
         if worker is not None:
             worker.stop()
 

@@ -1,11 +1,24 @@
-"""Background tasks of the ops context (django-tasks)."""
+"""Background tasks of the ops context (django-tasks), and the periodic schedule."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+from typing import Any
+
 from django_tasks import task
+from django_tasks.base import Task
+
+from fieldlink.accounts.tasks import prune_security_history
 
 
 @task()
 def ping(message: str) -> str:
     """A no-op round trip through the queue; operators use it to check that a worker runs."""
     return f"pong: {message}"
+
+
+# What ``fieldlink serve`` enqueues on its own, and how often. Every task here must be safe to
+# run twice (replicas each enqueue): they are idempotent clean-ups.
+PERIODIC: list[tuple[timedelta, Task[[], Any]]] = [
+    (timedelta(hours=24), prune_security_history),
+]
