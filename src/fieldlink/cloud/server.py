@@ -215,6 +215,10 @@ def serve(
         )
         companions.append(_CompanionServer(_uvicorn_config(settings, redirect, settings.http_port)))
         announce(f"Plain HTTP on port {settings.http_port} only redirects pages to HTTPS")
+    if settings.email_host:
+        announce(f"Mail goes out through SMTP at {settings.email_host}:{settings.email_port}")
+    else:
+        announce(f"Mail (sign-up, reset links) lands as files in {settings.outbox_dir.resolve()}")
     main = _MainServer(main_config, companions)
 
     worker = _Worker() if settings.run_worker else None
