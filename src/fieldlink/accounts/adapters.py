@@ -23,6 +23,7 @@ from django.shortcuts import render
 from redis.exceptions import RedisError
 
 from fieldlink.accounts.models import SecurityEventKind, User
+from fieldlink.accounts.passwords import has_second_factor
 from fieldlink.accounts.services import record_security_event
 from fieldlink.kit.logging import get_logger
 
@@ -97,10 +98,6 @@ class AccountAdapter(DefaultAccountAdapter):
 
     def is_open_for_signup(self, request: HttpRequest) -> bool:
         return bool(getattr(settings, "FIELDLINK_SIGNUP_OPEN", True))
-
-
-def has_second_factor(user: User) -> bool:
-    return bool(Authenticator.objects.filter(user=user, type__in=SECOND_FACTOR_TYPES).exists())
 
 
 @lru_cache(maxsize=4)

