@@ -31,9 +31,7 @@ def _user(email: str, *, role: StaffRole = StaffRole.NONE, password: str = PASSW
 
 
 def _sign_in(client: Client, email: str, password: str = PASSWORD) -> int:
-    response = client.post(
-        "/accounts/login/", {"login": email, "password": password}, secure=True
-    )
+    response = client.post("/accounts/login/", {"login": email, "password": password}, secure=True)
     return response.status_code
 
 
@@ -104,18 +102,28 @@ def test_enroll_staff_creates_a_verified_account_with_totp() -> None:
 
 def test_staff_enroll_cli_prints_the_uri_once_and_refuses_bad_roles(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDLINK_")}
-    env.update(FIELDLINK_VAR_DIR=str(tmp_path), FIELDLINK_LOG_FILE=str(
-        Path(os.environ["FIELDLINK_TEST_LOG_DIR"]) / "staff-cli.log"))
+    env.update(
+        FIELDLINK_VAR_DIR=str(tmp_path),
+        FIELDLINK_LOG_FILE=str(Path(os.environ["FIELDLINK_TEST_LOG_DIR"]) / "staff-cli.log"),
+    )
     cli = [sys.executable, "-m", "fieldlink.cli"]
     subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True, timeout=120)
     bad = subprocess.run(
         [*cli, "staff", "enroll", "--email", "x@fieldlink.example", "--role", "root"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert bad.returncode == 2
     good = subprocess.run(
         [*cli, "staff", "enroll", "--email", "x@fieldlink.example", "--role", "support"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert good.returncode == 0, good.stderr
     uri = next(line.strip() for line in good.stdout.splitlines() if "otpauth://" in line)

@@ -385,3 +385,24 @@ def test_adversarial_input_is_handled_in_linear_time(text: str) -> None:
     started = time.perf_counter()
     redact_text(text)
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize(
+    ("path", "secret"),
+    [
+        ("/accounts/confirm-email/MTA:1vQz:AbCdEfGhIjKlMnOp/", "MTA:1vQz:AbCdEfGhIjKlMnOp"),
+        (
+            "/accounts/password/reset/key/1a-cr9x2b-4f2d6e8a1b3c5d7e9f0a2b4c6d8e0f1a/",
+            "cr9x2b-4f2d6e8a1b3c5d7e9f0a2b4c6d8e0f1a",
+        ),
+    ],
+)
+def test_one_time_link_keys_in_logged_paths_are_redacted(path: str, secret: str) -> None:
+    line = f'127.0.0.1:5000 - "GET {path} HTTP/1.1" 200'
+    assert secret not in redact_text(line)
+    assert "/accounts/" in redact_text(line)
+
+
+def test_reset_link_after_key_exchange_is_left_alone() -> None:
+    line = "GET /accounts/password/reset/key/1a-set-password/ HTTP/1.1"
+    assert redact_text(line) == line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import time
 from functools import lru_cache
@@ -11,14 +12,18 @@ from typing import Any
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.core.exceptions import ImmediateHttpResponse
 from allauth.core.internal import ratelimit as allauth_ratelimit
+from allauth.headless.base.response import RateLimitResponse
+from allauth.headless.internal.restkit.response import APIResponse
 from allauth.mfa.adapter import DefaultMFAAdapter
 from allauth.mfa.models import Authenticator
 from cryptography.fernet import Fernet, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
+from django.http.request import RawPostDataException
 from django.shortcuts import render
 from redis.exceptions import RedisError
 
@@ -49,19 +54,35 @@ def retry_after_seconds(request: HttpRequest, *, action: str, key: str) -> int:
     return math.ceil(wait)
 
 
+def _is_headless(request: HttpRequest) -> bool:
+    # allauth marks requests of its headless API (the mobile apps) this way; they expect JSON.
+    return hasattr(getattr(request, "allauth", None), "headless")
+
+
 def too_many_requests(request: HttpRequest, retry_after: int) -> HttpResponse:
-    response = render(
-        request,
-        "429.html",
-        {"retry_after": retry_after, "minutes": max(1, math.ceil(retry_after / 60))},
-        status=429,
-    )
+    response: HttpResponse
+    if _is_headless(request):
+        response = RateLimitResponse(request)
+    else:
+        response = render(
+            request,
+            "429.html",
+            {"retry_after": retry_after, "minutes": max(1, math.ceil(retry_after / 60))},
+            status=429,
+        )
     response["Retry-After"] = str(retry_after)
     return response
 
 
 def unavailable(request: HttpRequest) -> HttpResponse:
-    response = render(request, "accounts/sign_in_unavailable.html", status=503)
+    response: HttpResponse
+    if _is_headless(request):
+        message = "Sign-in is briefly unavailable. Please try again in a minute."
+        response = APIResponse(
+            request, status=503, errors=[{"message": message, "code": "unavailable"}]
+        )
+    else:
+        response = render(request, "accounts/sign_in_unavailable.html", status=503)
     response["Retry-After"] = "30"
     return response
 
@@ -83,6 +104,14 @@ class AccountAdapter(DefaultAccountAdapter):
             self._record_limit(credentials)
             raise ImmediateHttpResponse(too_many_requests(request, retry_after)) from exc
 
+    def _get_login_attempts_cache_key(self, request: HttpRequest, **credentials: Any) -> str:
+        # allauth prefixes the key with the site domain, which without django.contrib.sites is
+        # the Host header, port included: a client that varies it ("host:1", "host:2", …) would
+        # get a fresh per-account budget each time, and two replicas reached under different
+        # names would not share one. The account alone is the key.
+        login = str(credentials.get("email", credentials.get("username", "")))
+        return f"login:{login.strip().lower()}"
+
     def _record_limit(self, credentials: dict[str, Any]) -> None:
         email = str(credentials.get("email", ""))
         user = User.objects.filter(email__iexact=email).first() if email else None
@@ -98,6 +127,25 @@ class AccountAdapter(DefaultAccountAdapter):
 
     def is_open_for_signup(self, request: HttpRequest) -> bool:
         return bool(getattr(settings, "FIELDLINK_SIGNUP_OPEN", True))
+
+    def clean_password(self, password: str, user: AbstractBaseUser | None = None) -> str:
+        # allauth's headless sign-up (the mobile apps) checks the password without the account
+        # it is for, so the rule against passwords built from one's own e-mail would not apply.
+        if user is None:
+            user = _headless_sign_up_subject(self.request)
+        return str(super().clean_password(password, user))
+
+
+def _headless_sign_up_subject(request: HttpRequest | None) -> User | None:
+    """An unsaved user with the e-mail a headless sign-up request names, if it is one."""
+    if request is None or request.method != "POST" or request.content_type != "application/json":
+        return None
+    try:
+        data = json.loads(request.body)
+    except (ValueError, RawPostDataException):
+        return None
+    email = data.get("email") if isinstance(data, dict) else None
+    return User(email=email) if isinstance(email, str) else None
 
 
 @lru_cache(maxsize=4)

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from django.db import transaction
 from django.http import HttpRequest
-from ninja import Field, Router, Schema
+from ninja import Field, Router, Schema, Status
 
 from fieldlink.accounts import services
 from fieldlink.accounts.auth import principal
@@ -104,7 +104,7 @@ def list_api_keys(request: HttpRequest) -> list[ApiKeyOut]:
 
 
 @router.post("/me/api-keys", response={201: ApiKeyCreatedOut}, summary="Create an API key")
-def create_api_key(request: HttpRequest, payload: ApiKeyIn) -> tuple[int, ApiKeyCreatedOut]:
+def create_api_key(request: HttpRequest, payload: ApiKeyIn) -> Status[ApiKeyCreatedOut]:
     with transaction.atomic():
         issued = services.create_api_key(
             principal(request).user,
@@ -114,13 +114,13 @@ def create_api_key(request: HttpRequest, payload: ApiKeyIn) -> tuple[int, ApiKey
             request=request,
         )
     out = ApiKeyCreatedOut(**_key_out(issued.key).model_dump(), key=issued.secret)
-    return 201, out
+    return Status(201, out)
 
 
 @router.post("/me/api-keys/{key_id}/rotate", response={201: ApiKeyCreatedOut}, summary="Rotate")
 def rotate_api_key(
     request: HttpRequest, key_id: UUID, payload: RotateIn
-) -> tuple[int, ApiKeyCreatedOut]:
+) -> Status[ApiKeyCreatedOut]:
     with transaction.atomic():
         issued = services.rotate_api_key(
             principal(request).user,
@@ -128,7 +128,7 @@ def rotate_api_key(
             overlap=timedelta(hours=payload.overlap_hours),
             request=request,
         )
-    return 201, ApiKeyCreatedOut(**_key_out(issued.key).model_dump(), key=issued.secret)
+    return Status(201, ApiKeyCreatedOut(**_key_out(issued.key).model_dump(), key=issued.secret))
 
 
 @router.delete("/me/api-keys/{key_id}", response=ApiKeyOut, summary="Revoke an API key")

@@ -13,8 +13,10 @@ from allauth.core.internal import ratelimit as allauth_ratelimit
 from allauth.headless.contrib.ninja.security import XSessionTokenAuth
 from django.http import HttpRequest
 from ninja.security import APIKeyHeader, SessionAuth
+from redis.exceptions import RedisError
 
 from fieldlink.accounts import services
+from fieldlink.accounts.errors import SignInUnavailableError
 from fieldlink.accounts.models import ApiKey, ApiKeyScope, User
 from fieldlink.kit.errors import FieldlinkError, RateLimitedError
 
@@ -69,14 +71,7 @@ class PersonalApiKey(APIKeyHeader):
         if not key or not key.startswith("Bearer "):
             return None
         ip = request.META.get("REMOTE_ADDR")
-        if not allauth_ratelimit.consume(
-            request,
-            app="fieldlink.accounts",
-            action="api_key_failed",
-            config=API_KEY_FAILURE_RATE,
-            dry_run=True,
-            limit_get=True,
-        ):
+        if not _count_failure(request, dry_run=True):
             raise RateLimitedError(
                 "Too many invalid API keys from this address.",
                 retry_after=60,
@@ -84,17 +79,30 @@ class PersonalApiKey(APIKeyHeader):
             )
         api_key = services.authenticate_api_key(key.removeprefix("Bearer ").strip(), ip)
         if api_key is None:
+            _count_failure(request, dry_run=False)
+            return None
+        if request.method not in SAFE_METHODS and api_key.scope != ApiKeyScope.READ_WRITE:
+            raise ApiKeyScopeError("This API key may only read.")
+        return Principal(api_key.user, "api_key", api_key)
+
+
+def _count_failure(request: HttpRequest, *, dry_run: bool) -> bool:
+    try:
+        return bool(
             allauth_ratelimit.consume(
                 request,
                 app="fieldlink.accounts",
                 action="api_key_failed",
                 config=API_KEY_FAILURE_RATE,
+                dry_run=dry_run,
                 limit_get=True,
             )
-            return None
-        if request.method not in SAFE_METHODS and api_key.scope != ApiKeyScope.READ_WRITE:
-            raise ApiKeyScopeError("This API key may only read.")
-        return Principal(api_key.user, "api_key", api_key)
+        )
+    except RedisError as exc:
+        # Fail closed, as sign-in does (docs/security.md), and say so instead of a 500.
+        raise SignInUnavailableError(
+            "Authentication is briefly unavailable. Please try again in a minute."
+        ) from exc
 
 
 API_AUTH: list[Any] = [BrowserSession(), SessionToken(), PersonalApiKey()]

@@ -235,9 +235,14 @@ def rotate_api_key(
 
 def authenticate_api_key(secret: str, ip: str | None) -> ApiKey | None:
     """The usable key this secret belongs to, or None. Constant-time digest comparison."""
-    prefix, sep, _ = secret.rpartition("_")
-    if not sep or not prefix.startswith(API_KEY_PREFIX) or len(secret) > 128:
+    # The visible part never holds "_" (see _new_key); the random part after it may, so the
+    # key is split at the first "_" after the "flk_" marker, not at the last one.
+    if not secret.startswith(API_KEY_PREFIX) or len(secret) > 128:
         return None
+    ident, sep, _ = secret.removeprefix(API_KEY_PREFIX).partition("_")
+    if not sep or not ident:
+        return None
+    prefix = API_KEY_PREFIX + ident
     key = ApiKey.objects.select_related("user").filter(prefix=prefix).first()
     if key is None or not hmac.compare_digest(key.digest, _digest(secret)):
         return None

@@ -11,13 +11,13 @@ from uuid import UUID
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
 from fieldlink.accounts import services
-from fieldlink.accounts.errors import ApiKeyInvalidError
+from fieldlink.accounts.errors import ApiKeyInvalidError, ApiKeyNotFoundError
 from fieldlink.accounts.forms import CreateApiKeyForm, RotateApiKeyForm
 from fieldlink.accounts.models import ApiKeyScope, User
 
@@ -76,7 +76,11 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 @login_required
 @transaction.atomic
 def revoke_api_key(request: HttpRequest, key_id: UUID) -> HttpResponse:
-    services.revoke_api_key(_user(request), key_id, request)
+    try:
+        services.revoke_api_key(_user(request), key_id, request)
+    except ApiKeyNotFoundError as exc:
+        # Someone else's key looks exactly like no key at all.
+        raise Http404(exc.message) from exc
     return redirect("accounts:api-keys")
 
 
@@ -96,6 +100,8 @@ def rotate_api_key(request: HttpRequest, key_id: UUID) -> HttpResponse:
                 overlap=timedelta(hours=form.cleaned_data["overlap_hours"]),
                 request=request,
             )
+        except ApiKeyNotFoundError as exc:
+            raise Http404(exc.message) from exc
         except ApiKeyInvalidError as exc:
             error = exc.message
     else:

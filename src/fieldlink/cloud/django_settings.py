@@ -29,6 +29,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.admin",
+    "django.contrib.humanize",
+    # Before allauth: our templates override allauth's (layouts, elements, MFA pages).
+    "fieldlink.accounts.apps.AccountsConfig",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -37,7 +40,6 @@ INSTALLED_APPS = [
     "django_tasks",
     "django_tasks_db",
     "fieldlink.cloud.apps.CloudConfig",
-    "fieldlink.accounts.apps.AccountsConfig",
     "fieldlink.devices",
     "fieldlink.telemetry",
     "fieldlink.updates",
@@ -55,6 +57,7 @@ MIDDLEWARE = [
     "fieldlink.cloud.middleware.SecurityBaselineMiddleware",
     "csp.middleware.CSPMiddleware",
     "fieldlink.cloud.middleware.APIErrorBodyMiddleware",
+    "fieldlink.cloud.middleware.DependencyOutageMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -183,7 +186,7 @@ MFA_ADAPTER = "fieldlink.accounts.adapters.MFAAdapter"
 MFA_SUPPORTED_TYPES = ["totp", "webauthn", "recovery_codes"]
 MFA_PASSKEY_LOGIN_ENABLED = True
 MFA_TOTP_ISSUER = "Fieldlink"
-MFA_RATE_LIMITS = {"mfa_authenticate": "5/m/user,20/h/user", "reauthenticate": "10/m/user"}
+# Wrong MFA codes count as failed sign-ins (allauth's login_failed limits, per account and IP).
 USERSESSIONS_TRACK_ACTIVITY = True
 HEADLESS_CLIENTS = ("app", "browser")
 HEADLESS_SERVE_SPECIFICATION = True

@@ -7,10 +7,15 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from redis.exceptions import RedisError
 
-from fieldlink.cloud.errors import json_error
+from fieldlink.cloud.errors import MESSAGE_BY_STATUS, json_error
 from fieldlink.cloud.guards import is_api_path
+from fieldlink.kit.logging import get_logger
 from fieldlink.ops.services import HTTP_LATENCY, HTTP_REQUESTS
+
+log = get_logger(__name__)
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -51,6 +56,39 @@ class APIErrorBodyMiddleware:
                 if header in response:
                     replacement[header] = response[header]
             return replacement
+        return response
+
+
+class DependencyOutageMiddleware:
+    """A down Redis (rate limits, cache) is a 503, never a 500, and never a way around a limit.
+
+    Whatever needed the store was refused (fail closed); the client is told to retry.
+    """
+
+    RETRY_AFTER = "30"
+
+    def __init__(self, get_response: Handler) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, RedisError):
+            return None
+        log.error("dependency_unavailable", dependency="redis", path=request.path)
+        if is_api_path(request.path):
+            response: HttpResponse = json_error(503, "unavailable")
+        elif request.path.startswith("/accounts/"):
+            response = render(request, "accounts/sign_in_unavailable.html", status=503)
+        else:
+            response = render(
+                request,
+                "cloud/error.html",
+                {"status": 503, "message": MESSAGE_BY_STATUS[503]},
+                status=503,
+            )
+        response["Retry-After"] = self.RETRY_AFTER
         return response
 
 

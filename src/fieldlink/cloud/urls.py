@@ -9,6 +9,7 @@ handler400 = "fieldlink.cloud.views.bad_request"
 handler403 = "fieldlink.cloud.views.permission_denied"
 handler404 = "fieldlink.cloud.views.page_not_found"
 handler500 = "fieldlink.cloud.views.server_error"
+handler429 = "fieldlink.cloud.views.too_many_requests"  # used by allauth's rate limits
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -57,6 +57,20 @@ def server_error(request: HttpRequest) -> HttpResponse:
     return _error(request, 500)
 
 
+# allauth knows which limit tripped but not when it frees up; its shortest windows are one
+# minute, so that is an honest lower bound to wait.
+GENERIC_RETRY_AFTER = 60
+
+
+def too_many_requests(request: HttpRequest) -> HttpResponse:
+    if is_api_path(request.path):
+        response: HttpResponse = json_error(429)
+    else:
+        response = render(request, "cloud/too_many_requests.html", status=429)
+    response["Retry-After"] = str(GENERIC_RETRY_AFTER)
+    return response
+
+
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     if is_api_path(request.path):
         return json_error(403, "csrf_failed", "The CSRF check failed; reload and try again.")

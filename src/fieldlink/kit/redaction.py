@@ -283,6 +283,13 @@ _KEY_TRIGGERS: Final = (
 
 # Each finder runs only if one of its trigger substrings is in the lower-cased text: ordinary
 # log lines never reach the regular expressions.
+# One-time keys that travel in URL paths: e-mail confirmation and password-reset links. Whoever
+# reads them in a log could confirm an address or take over an account before its owner does.
+_ONE_TIME_LINK_KEY = re.compile(
+    r"/accounts/(?:confirm-email/|password/reset/key/[0-9A-Za-z]+-)"
+    r"(?P<secret>(?!set-password/)[^/\s?#\"']+)"
+)
+
 _FINDERS: Final[tuple[tuple[tuple[str, ...], _Finder], ...]] = (
     (("private key",), _pem_spans),
     (
@@ -300,6 +307,7 @@ _FINDERS: Final[tuple[tuple[tuple[str, ...], _Finder], ...]] = (
     (FIELDLINK_KEY_PREFIXES, _group_spans(_FIELDLINK_KEY, "secret")),
     (("sk_", "rk_", "whsec_"), _group_spans(_STRIPE_KEY, "secret")),
     (("eyj",), _group_spans(_JWT, 0)),
+    (("confirm-email/", "reset/key/"), _group_spans(_ONE_TIME_LINK_KEY, "secret")),
 )
 
 
