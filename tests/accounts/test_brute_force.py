@@ -11,7 +11,6 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +68,6 @@ def fresh_ip() -> str:
     global _ip_counter  # noqa: PLW0603 -- one counter for the whole session is the point
     _ip_counter += 1
     return f"10.{(_ip_counter >> 16) & 255}.{(_ip_counter >> 8) & 255}.{_ip_counter & 255}"
-
-
-@pytest.fixture(autouse=True)
-def _no_counters_from_other_tests() -> Iterator[None]:
-    cache.clear()
-    yield
-    cache.clear()
 
 
 @pytest.fixture

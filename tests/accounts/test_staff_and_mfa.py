@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 from allauth.account.models import EmailAddress
+from allauth.mfa import signals
 from allauth.mfa.adapter import get_adapter
 from allauth.mfa.models import Authenticator
 from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
 from django.db import connection
-from django.test import Client
+from django.test import Client, RequestFactory
 
 from fieldlink.accounts.models import StaffRole, User
 from fieldlink.accounts.services import enroll_staff
@@ -130,3 +131,23 @@ def test_staff_enroll_cli_prints_the_uri_once_and_refuses_bad_roles(tmp_path: Pa
     secret = uri.split("secret=")[1].split("&")[0]
     register_canary(secret)
     assert secret not in good.stderr  # the log stream never carries it
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "kind"),
+    [
+        ("authenticator_added", "mfa_added"),
+        ("authenticator_removed", "mfa_removed"),
+        ("authenticator_reset", "recovery_codes_reset"),
+    ],
+)
+def test_mfa_changes_enter_the_security_history(signal_name: str, kind: str) -> None:
+    user = _user(f"{kind}@plant.example")
+    authenticator = TOTP.activate(user, register_canary(generate_totp_secret())).instance
+    request = RequestFactory().get("/", REMOTE_ADDR="192.0.2.7", HTTP_USER_AGENT="pytest")
+    getattr(signals, signal_name).send(
+        sender=Authenticator, request=request, user=user, authenticator=authenticator
+    )
+    event = user.security_events.get(kind=kind)
+    assert event.ip == "192.0.2.7"
+    assert event.details == {"type": "totp"}

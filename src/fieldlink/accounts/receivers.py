@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from allauth.account import signals as account_signals
@@ -54,26 +55,19 @@ def _email_changed(sender: Any, request: HttpRequest, user: User, **kwargs: Any)
     services.record_security_event(user, SecurityEventKind.EMAIL_CHANGED, request)
 
 
-@receiver(mfa_signals.authenticator_added)
-def _mfa_added(
-    sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any
-) -> None:
-    services.record_security_event(
-        user, SecurityEventKind.MFA_ADDED, request, type=str(authenticator.type)
-    )
+def _on_mfa_change(kind: SecurityEventKind) -> Callable[..., None]:
+    def record(
+        sender: Any, request: HttpRequest, user: User, authenticator: Any, **kwargs: Any
+    ) -> None:
+        services.record_security_event(user, kind, request, type=str(authenticator.type))
+
+    return record
 
 
-@receiver(mfa_signals.authenticator_removed)
-def _mfa_removed(
-    sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any
-) -> None:
-    services.record_security_event(
-        user, SecurityEventKind.MFA_REMOVED, request, type=str(authenticator.type)
-    )
-
-
-@receiver(mfa_signals.authenticator_reset)
-def _mfa_reset(
-    sender: Any, request: HttpRequest, user: User, authenticator: Any, **kw: Any
-) -> None:
-    services.record_security_event(user, SecurityEventKind.RECOVERY_CODES_RESET, request)
+# Connected by strong reference: the receivers live as long as this module.
+for _signal, _kind in (
+    (mfa_signals.authenticator_added, SecurityEventKind.MFA_ADDED),
+    (mfa_signals.authenticator_removed, SecurityEventKind.MFA_REMOVED),
+    (mfa_signals.authenticator_reset, SecurityEventKind.RECOVERY_CODES_RESET),
+):
+    _signal.connect(_on_mfa_change(_kind), weak=False, dispatch_uid=f"fieldlink-{_kind}")
