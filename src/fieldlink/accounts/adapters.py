@@ -37,6 +37,10 @@ log = get_logger(__name__)
 SECOND_FACTOR_TYPES = (Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN)
 
 
+MFA_AUTHENTICATE_PATH = "/accounts/2fa/authenticate/"
+MFA_RETRY_AFTER = 60
+
+
 def retry_after_seconds(request: HttpRequest, *, action: str, key: str) -> int:
     """Seconds until the tightest exhausted login_failed limit has room again (at least 1)."""
     now = time.time()
@@ -111,6 +115,19 @@ class AccountAdapter(DefaultAccountAdapter):
         # names would not share one. The account alone is the key.
         login = str(credentials.get("email", credentials.get("username", "")))
         return f"login:{login.strip().lower()}"
+
+    def validation_error(self, code: str, *args: Any) -> Any:
+        # allauth answers a tripped MFA-code limit with a form error (200); the policy says a
+        # limited request gets 429 with Retry-After. The per-user key of that limit is internal
+        # to allauth, so the hint is a lower bound: a client that retries early is told again.
+        request = self.request
+        if (
+            code == "too_many_login_attempts"
+            and request is not None
+            and request.path == MFA_AUTHENTICATE_PATH
+        ):
+            raise ImmediateHttpResponse(too_many_requests(request, MFA_RETRY_AFTER))
+        return super().validation_error(code, *args)
 
     def _record_limit(self, credentials: dict[str, Any]) -> None:
         email = str(credentials.get("email", ""))
