@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ from allauth.account.models import EmailAddress
 from allauth.mfa import signals
 from allauth.mfa.adapter import get_adapter
 from allauth.mfa.models import Authenticator
-from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from allauth.mfa.totp.internal.auth import (
+    TOTP,
+    format_hotp_value,
+    generate_totp_secret,
+    hotp_value,
+)
 from django.db import connection
 from django.test import Client, RequestFactory
 
@@ -151,3 +157,18 @@ def test_mfa_changes_enter_the_security_history(signal_name: str, kind: str) -> 
     event = user.security_events.get(kind=kind)
     assert event.ip == "192.0.2.7"
     assert event.details == {"type": "totp"}
+
+
+def test_totp_activation_code_cannot_be_replayed_at_sign_in() -> None:
+    user = _user("replay@plant.example")
+    secret = register_canary(generate_totp_secret())
+    authenticator = TOTP.activate(user, secret).instance
+    code = format_hotp_value(hotp_value(secret, int(time.time()) // 30))
+    signals.authenticator_added.send(
+        sender=Authenticator,
+        request=RequestFactory().get("/"),
+        user=user,
+        authenticator=authenticator,
+    )
+    # The code just typed on the activation page is spent: the sign-in stage refuses it.
+    assert TOTP(authenticator).validate_code(code) is False

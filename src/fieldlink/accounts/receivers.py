@@ -60,6 +60,8 @@ def _on_mfa_change(kind: SecurityEventKind) -> Callable[..., None]:
         sender: Any, request: HttpRequest, user: User, authenticator: Any, **kwargs: Any
     ) -> None:
         services.record_security_event(user, kind, request, type=str(authenticator.type))
+        if kind == SecurityEventKind.MFA_ADDED:
+            services.burn_current_totp_codes(authenticator)
 
     return record
 

@@ -17,7 +17,13 @@ from typing import Any
 from allauth.account.models import EmailAddress
 from allauth.mfa.adapter import get_adapter
 from allauth.mfa.models import Authenticator
-from allauth.mfa.totp.internal.auth import TOTP, generate_totp_secret
+from allauth.mfa.totp.internal.auth import (
+    TOTP,
+    format_hotp_value,
+    generate_totp_secret,
+    hotp_value,
+    yield_hotp_counters_from_time,
+)
 from allauth.usersessions.models import UserSession
 from django.core.mail import send_mail
 from django.db import transaction
@@ -135,6 +141,18 @@ def end_other_sessions(request: HttpRequest | None, user: User) -> int:
             session.end()
             ended += 1
     return ended
+
+
+def burn_current_totp_codes(authenticator: Authenticator) -> None:
+    """Mark the codes valid right now as used, so the code typed to activate TOTP cannot be
+    replayed to pass the second factor (allauth does not mark the activation code)."""
+    if authenticator.type != Authenticator.Type.TOTP:
+        return
+    totp = TOTP(authenticator)
+    secret = get_adapter().decrypt(authenticator.data["secret"])
+    for counter in yield_hotp_counters_from_time():
+        # allauth's own used-code marker (pinned version), so its check sees these codes.
+        totp._mark_code_used(format_hotp_value(hotp_value(secret, counter)))
 
 
 def prune_security_history(now: datetime | None = None) -> int:
