@@ -11,7 +11,9 @@ OVERLAP_CHOICES = [("0", "End it now"), ("1", "1 hour"), ("24", "1 day"), ("168"
 class CreateApiKeyForm(forms.Form):
     name = forms.CharField(max_length=100, strip=True)
     scope = forms.ChoiceField(choices=ApiKeyScope.choices, initial=ApiKeyScope.READ)
-    lifetime_days = forms.TypedChoiceField(choices=LIFETIME_CHOICES, coerce=int, initial="90")
+    lifetime_days = forms.TypedChoiceField(
+        label="Valid for", choices=LIFETIME_CHOICES, coerce=int, initial="90"
+    )
 
 
 class RotateApiKeyForm(forms.Form):
