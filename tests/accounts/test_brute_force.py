@@ -503,3 +503,13 @@ def test_mfa_code_guessing_is_limited(alice: User, make_client: MakeClient) -> N
     assert int(refused["Retry-After"]) > 0
     assert b"Too many attempts" in refused.content
     assert not is_signed_in(client)
+
+
+def test_limit_hits_enter_the_history_once_per_window_not_once_per_attempt(
+    alice: User, make_client: MakeClient
+) -> None:
+    # An attacker must not be able to fill the victim's history (or our disk) with rows.
+    exhaust_account_limit(make_client, ALICE)
+    for _ in range(4):
+        assert attempt(make_client, ALICE, WRONG_PASSWORD).status_code == 429
+    assert alice.security_events.filter(kind="rate_limited").count() == 1

@@ -25,6 +25,7 @@ from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse
 from django.http.request import RawPostDataException
 from django.shortcuts import render
+from django.urls import reverse
 from redis.exceptions import RedisError
 
 from fieldlink.accounts.models import SecurityEventKind, User
@@ -37,8 +38,9 @@ log = get_logger(__name__)
 SECOND_FACTOR_TYPES = (Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN)
 
 
-MFA_AUTHENTICATE_PATH = "/accounts/2fa/authenticate/"
 MFA_RETRY_AFTER = 60
+# One "limit reached" history row per account per window, however long an attack goes on.
+LIMIT_EVENT_WINDOW = 300
 
 
 def retry_after_seconds(request: HttpRequest, *, action: str, key: str) -> int:
@@ -124,7 +126,7 @@ class AccountAdapter(DefaultAccountAdapter):
         if (
             code == "too_many_login_attempts"
             and request is not None
-            and request.path == MFA_AUTHENTICATE_PATH
+            and request.path == reverse("mfa_authenticate")
         ):
             raise ImmediateHttpResponse(too_many_requests(request, MFA_RETRY_AFTER))
         return super().validation_error(code, *args)
@@ -132,7 +134,9 @@ class AccountAdapter(DefaultAccountAdapter):
     def _record_limit(self, credentials: dict[str, Any]) -> None:
         email = str(credentials.get("email", ""))
         user = User.objects.filter(email__iexact=email).first() if email else None
-        if user is not None:
+        if user is not None and cache.add(
+            f"fieldlink:limit-recorded:{user.pk}", 1, timeout=LIMIT_EVENT_WINDOW
+        ):
             record_security_event(user, SecurityEventKind.RATE_LIMITED, limit="login_failed")
 
     def pre_login(self, request: HttpRequest, user: Any, **kwargs: Any) -> HttpResponse | None:
