@@ -22,19 +22,12 @@ from allauth.mfa.totp.internal.auth import (
 from django.db import connection
 from django.test import Client, RequestFactory
 
-from fieldlink.accounts.models import StaffRole, User
+from fieldlink.accounts.models import StaffRole
 from fieldlink.accounts.services import enroll_staff
+from tests.accounts.conftest import PASSWORD, MakeUser
 from tests.plugins.log_canary import register_canary
 
 pytestmark = [pytest.mark.django_db, pytest.mark.backend]
-
-PASSWORD = register_canary("violet-harbor-quantum-lantern-97")
-
-
-def _user(email: str, *, role: StaffRole = StaffRole.NONE, password: str = PASSWORD) -> User:
-    user = User.objects.create_user(email=email, password=password, staff_role=role)
-    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
-    return user
 
 
 def _sign_in(client: Client, email: str, password: str = PASSWORD) -> int:
@@ -42,15 +35,15 @@ def _sign_in(client: Client, email: str, password: str = PASSWORD) -> int:
     return response.status_code
 
 
-def test_staff_without_second_factor_cannot_sign_in() -> None:
-    _user("support@fieldlink.example", role=StaffRole.SUPPORT)
+def test_staff_without_second_factor_cannot_sign_in(make_user: MakeUser) -> None:
+    make_user("support@fieldlink.example", staff_role=StaffRole.SUPPORT)
     client = Client()
     assert _sign_in(client, "support@fieldlink.example") == 403
     assert client.get("/api/v1/me", secure=True).status_code == 401
 
 
-def test_staff_with_totp_must_pass_the_second_factor() -> None:
-    user = _user("admin@fieldlink.example", role=StaffRole.PLATFORM_ADMIN)
+def test_staff_with_totp_must_pass_the_second_factor(make_user: MakeUser) -> None:
+    user = make_user("admin@fieldlink.example", staff_role=StaffRole.PLATFORM_ADMIN)
     TOTP.activate(user, generate_totp_secret())
     client = Client()
     response = client.post(
@@ -61,15 +54,15 @@ def test_staff_with_totp_must_pass_the_second_factor() -> None:
     assert client.get("/api/v1/me", secure=True).status_code == 401  # not yet signed in
 
 
-def test_customer_without_second_factor_signs_in() -> None:
-    _user("operator@plant.example")
+def test_customer_without_second_factor_signs_in(make_user: MakeUser) -> None:
+    make_user("operator@plant.example")
     client = Client()
     assert _sign_in(client, "operator@plant.example") == 302
     assert client.get("/api/v1/me", secure=True).json()["email"] == "operator@plant.example"
 
 
-def test_totp_secret_is_stored_encrypted() -> None:
-    user = _user("crypto@plant.example")
+def test_totp_secret_is_stored_encrypted(make_user: MakeUser) -> None:
+    user = make_user("crypto@plant.example")
     secret = register_canary(generate_totp_secret())
     TOTP.activate(user, secret)
     stored = Authenticator.objects.get(user=user).data["secret"]
@@ -80,9 +73,11 @@ def test_totp_secret_is_stored_encrypted() -> None:
         assert all(secret not in str(row) for row in cursor.fetchall())
 
 
-def test_last_second_factor_cannot_be_removed_while_the_password_is_short() -> None:
+def test_last_second_factor_cannot_be_removed_while_the_password_is_short(
+    make_user: MakeUser,
+) -> None:
     short = register_canary("Tq8#vL2x!mZp4")  # 13 characters: only allowed with MFA
-    user = _user("short@plant.example", password=short)
+    user = make_user("short@plant.example", short)
     totp = TOTP.activate(user, generate_totp_secret()).instance
     assert user.password_ok_without_mfa is False
     assert get_adapter().can_delete_authenticator(totp) is False
@@ -91,8 +86,8 @@ def test_last_second_factor_cannot_be_removed_while_the_password_is_short() -> N
     assert get_adapter().can_delete_authenticator(totp) is True
 
 
-def test_staff_can_never_remove_their_last_second_factor() -> None:
-    user = _user("staff2@fieldlink.example", role=StaffRole.SUPPORT)
+def test_staff_can_never_remove_their_last_second_factor(make_user: MakeUser) -> None:
+    user = make_user("staff2@fieldlink.example", staff_role=StaffRole.SUPPORT)
     totp = TOTP.activate(user, generate_totp_secret()).instance
     assert get_adapter().can_delete_authenticator(totp) is False
 
@@ -147,8 +142,10 @@ def test_staff_enroll_cli_prints_the_uri_once_and_refuses_bad_roles(tmp_path: Pa
         ("authenticator_reset", "recovery_codes_reset"),
     ],
 )
-def test_mfa_changes_enter_the_security_history(signal_name: str, kind: str) -> None:
-    user = _user(f"{kind}@plant.example")
+def test_mfa_changes_enter_the_security_history(
+    signal_name: str, kind: str, make_user: MakeUser
+) -> None:
+    user = make_user(f"{kind}@plant.example")
     authenticator = TOTP.activate(user, register_canary(generate_totp_secret())).instance
     request = RequestFactory().get("/", REMOTE_ADDR="192.0.2.7", HTTP_USER_AGENT="pytest")
     getattr(signals, signal_name).send(
@@ -159,8 +156,8 @@ def test_mfa_changes_enter_the_security_history(signal_name: str, kind: str) -> 
     assert event.details == {"type": "totp"}
 
 
-def test_totp_activation_code_cannot_be_replayed_at_sign_in() -> None:
-    user = _user("replay@plant.example")
+def test_totp_activation_code_cannot_be_replayed_at_sign_in(make_user: MakeUser) -> None:
+    user = make_user("replay@plant.example")
     secret = register_canary(generate_totp_secret())
     authenticator = TOTP.activate(user, secret).instance
     code = format_hotp_value(hotp_value(secret, int(time.time()) // 30))
