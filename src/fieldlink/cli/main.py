@@ -118,6 +118,33 @@ def staff_enroll(
     typer.echo("Then set a password with 'Forgot password?' on the sign-in page.")
 
 
+audit_app = typer.Typer(help="The append-only, hash-chained audit trail.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    chain: Annotated[
+        str | None, typer.Option(help="One chain: an organisation id, or 'platform'")
+    ] = None,
+) -> None:
+    """Re-check the audit chains; name every altered, deleted or reordered entry (exit 1)."""
+    _boot()
+    from fieldlink.audit.services import verify_report  # noqa: PLC0415
+
+    report = verify_report(chain)
+    if report.intact:
+        typer.echo(f"audit trail intact: {report.entries} entries in {report.chains} chains")
+        return
+    for finding in report.findings:
+        typer.echo(
+            f"{finding.kind}: chain {finding.chain} sequence {finding.sequence}"
+            f" entry {finding.entry_id}: {finding.detail}"
+        )
+    typer.echo(f"audit trail NOT intact: {len(report.findings)} findings", err=True)
+    raise typer.Exit(1)
+
+
 @app.command()
 def version() -> None:
     """Print the Fieldlink version."""
