@@ -223,7 +223,7 @@ def test_second_factor_types_match_allauth() -> None:
     from allauth.mfa.models import Authenticator  # noqa: PLC0415 (needs the app registry)
 
     wanted = {Authenticator.Type.TOTP.value, Authenticator.Type.WEBAUTHN.value}
-    assert set(passwords._SECOND_FACTOR_TYPES) == wanted
+    assert set(passwords.SECOND_FACTOR_TYPES) == wanted
 
 
 def test_unsaved_user_or_none_has_no_second_factor_and_no_query_is_made() -> None:

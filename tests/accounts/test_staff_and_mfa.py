@@ -26,6 +26,7 @@ from fieldlink.accounts.models import StaffRole
 from fieldlink.accounts.services import enroll_staff
 from tests.accounts.conftest import PASSWORD, MakeUser
 from tests.plugins.log_canary import register_canary
+from tests.support.server import subprocess_env
 
 pytestmark = [pytest.mark.django_db, pytest.mark.backend]
 
@@ -103,30 +104,26 @@ def test_enroll_staff_creates_a_verified_account_with_totp() -> None:
 
 
 def test_staff_enroll_cli_prints_the_uri_once_and_refuses_bad_roles(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDLINK_")}
-    env.update(
+    env = subprocess_env(
         FIELDLINK_VAR_DIR=str(tmp_path),
         FIELDLINK_LOG_FILE=str(Path(os.environ["FIELDLINK_TEST_LOG_DIR"]) / "staff-cli.log"),
     )
-    cli = [sys.executable, "-m", "fieldlink.cli"]
-    subprocess.run([*cli, "migrate"], env=env, check=True, capture_output=True, timeout=120)
-    bad = subprocess.run(
-        [*cli, "staff", "enroll", "--email", "x@fieldlink.example", "--role", "root"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fieldlink.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert cli("migrate").returncode == 0
+    assert (
+        cli("staff", "enroll", "--email", "x@fieldlink.example", "--role", "root").returncode == 2
     )
-    assert bad.returncode == 2
-    good = subprocess.run(
-        [*cli, "staff", "enroll", "--email", "x@fieldlink.example", "--role", "support"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    good = cli("staff", "enroll", "--email", "x@fieldlink.example", "--role", "support")
     assert good.returncode == 0, good.stderr
     uri = next(line.strip() for line in good.stdout.splitlines() if "otpauth://" in line)
     secret = uri.split("secret=")[1].split("&")[0]

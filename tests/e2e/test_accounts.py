@@ -7,6 +7,7 @@ script errors; screenshots land in ``test-artifacts/`` (``accounts-phone-*.png``
 from __future__ import annotations
 
 import base64
+import contextlib
 import email
 import email.policy
 import hashlib
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import (
@@ -159,24 +161,40 @@ class Phone:
         )
 
 
-@pytest.fixture
-def phone(browser: Browser, server: RunningServer, artifacts: Path) -> Iterator[Phone]:
-    context = browser.new_context(
-        viewport=PHONE,
-        device_scale_factor=2,
-        is_mobile=True,
-        has_touch=True,
-        user_agent=PHONE_USER_AGENT,
-    )
+P = TypeVar("P", bound="Phone")
+
+
+@contextlib.contextmanager
+def open_device(
+    kind: type[P], browser: Browser, server: RunningServer, artifacts: Path, **options: Any
+) -> Iterator[P]:
+    """A fresh browser context of the given kind, watched for CSP and console problems."""
+    context = browser.new_context(**options)
     # Every step here is a page load on loopback; fail fast instead of after 30 s.
     context.set_default_timeout(10_000)
     page = context.new_page()
     problems = PageProblems()
     problems.watch(page)
     try:
-        yield Phone(context, page, problems, server, artifacts)
+        yield kind(context, page, problems, server, artifacts)
     finally:
         context.close()
+
+
+@pytest.fixture
+def phone(browser: Browser, server: RunningServer, artifacts: Path) -> Iterator[Phone]:
+    with open_device(
+        Phone,
+        browser,
+        server,
+        artifacts,
+        viewport=PHONE,
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+        user_agent=PHONE_USER_AGENT,
+    ) as phone:
+        yield phone
 
 
 def fresh_email() -> str:

@@ -13,9 +13,9 @@ import pytest
 from playwright.sync_api import Browser, CDPSession
 
 from tests.e2e.test_accounts import (
-    PageProblems,
     Phone,
     fresh_email,
+    open_device,
     sign_in_with_password,
     sign_out,
     sign_up_and_verify,
@@ -34,15 +34,9 @@ class Desk(Phone):
 
 @pytest.fixture
 def desk(browser: Browser, server: RunningServer, artifacts: Path) -> Iterator[Desk]:
-    context = browser.new_context(viewport={"width": DESK_WIDTH, "height": 900})
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    problems = PageProblems()
-    problems.watch(page)
-    try:
-        yield Desk(context, page, problems, server, artifacts)
-    finally:
-        context.close()
+    viewport = {"width": DESK_WIDTH, "height": 900}
+    with open_device(Desk, browser, server, artifacts, viewport=viewport) as desk:
+        yield desk
 
 
 def _virtual_authenticator(desk: Phone) -> tuple[CDPSession, str]:

