@@ -6,7 +6,6 @@ them in order and answers 401 when none matches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from allauth.core.internal import ratelimit as allauth_ratelimit
@@ -15,9 +14,10 @@ from django.http import HttpRequest
 from ninja.security import APIKeyHeader, SessionAuth
 from redis.exceptions import RedisError
 
-from fieldlink.accounts import services
+from fieldlink.accounts import access, services
+from fieldlink.accounts.access import Principal, Scope
 from fieldlink.accounts.errors import SignInUnavailableError
-from fieldlink.accounts.models import ApiKey, ApiKeyScope, User
+from fieldlink.accounts.models import ApiKeyScope, User
 from fieldlink.kit.errors import FieldlinkError, RateLimitedError
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -28,17 +28,6 @@ API_KEY_FAILURE_RATE = {"api_key_failed": "30/m/ip,300/h/ip"}
 class ApiKeyScopeError(FieldlinkError):
     code = "api_key_scope"
     kind = "forbidden"
-
-
-@dataclass(frozen=True)
-class Principal:
-    user: User
-    via: str  # "session", "session_token" or "api_key"
-    api_key: ApiKey | None = None
-
-    @property
-    def can_write(self) -> bool:
-        return self.api_key is None or self.api_key.scope == ApiKeyScope.READ_WRITE
 
 
 class BrowserSession(SessionAuth):
@@ -113,3 +102,19 @@ def principal(request: HttpRequest) -> Principal:
     if not isinstance(auth, Principal):
         raise TypeError("endpoint is missing authentication")
     return auth
+
+
+def acting_principal(request: HttpRequest) -> Principal:
+    """The principal of an API call (set by the auth classes) or of a signed-in web page."""
+    auth = getattr(request, "auth", None)
+    if isinstance(auth, Principal):
+        return auth
+    user = request.user
+    if isinstance(user, User) and user.is_authenticated:
+        return Principal(user, "session")
+    raise TypeError("endpoint is missing authentication")
+
+
+def scope(request: HttpRequest, organisation_id: Any) -> Scope:
+    """The caller's scope in one organisation: 404 unless it has standing there."""
+    return access.resolve(acting_principal(request), organisation_id)

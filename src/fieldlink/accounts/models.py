@@ -161,3 +161,165 @@ class ApiKey(models.Model):
     def is_usable(self, now: Any = None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and self.expires_at > now
+
+
+# -- Organisations (tenants) ------------------------------------------------------------------
+
+
+class Region(models.TextChoices):
+    """Where an organisation's data is stored. Fixed at creation: moving data is a project."""
+
+    EU_CENTRAL = "eu-central", "EU Central (Frankfurt)"
+    EU_WEST = "eu-west", "EU West (Ireland)"
+    EU_NORTH = "eu-north", "EU North (Stockholm)"
+    US_EAST = "us-east", "US East (Virginia)"
+    US_WEST = "us-west", "US West (Oregon)"
+    AP_SOUTHEAST = "ap-southeast", "Asia Pacific (Singapore)"
+
+
+class Role(models.TextChoices):
+    # Ordered from most to least powerful; fieldlink.accounts.access maps roles to permissions.
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    ENGINEER = "engineer", "Engineer"
+    VIEWER = "viewer", "Viewer"
+
+
+class Organisation(models.Model):
+    # Customer data is read and written only through fieldlink.accounts.access.Scope, which
+    # filters each model by its ``organisation_lookup``.
+    organisation_lookup: ClassVar[str] = "pk"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100)
+    region = models.CharField(max_length=32, choices=Region.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Deletion has a grace period: requested → due; the purge task deletes it once due.
+    deletion_requested_at = models.DateTimeField(null=True, blank=True)
+    deletion_due_at = models.DateTimeField(null=True, blank=True)
+    deletion_requested_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def pending_deletion(self) -> bool:
+        return self.deletion_due_at is not None
+
+
+class Membership(models.Model):
+    organisation_lookup: ClassVar[str] = "organisation"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="memberships"
+    )
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["created_at"]
+        constraints: ClassVar[list[models.BaseConstraint]] = [
+            models.UniqueConstraint(fields=["organisation", "user"], name="membership_unique"),
+            # Exactly one owner is kept by the services; the database refuses a second one.
+            models.UniqueConstraint(
+                fields=["organisation"],
+                condition=models.Q(role="owner"),
+                name="membership_one_owner",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.organisation_id} as {self.role}"
+
+
+class Invitation(models.Model):
+    """An e-mailed invitation. Only the SHA-256 of its token is stored; it is used once."""
+
+    organisation_lookup: ClassVar[str] = "organisation"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="invitations"
+    )
+    email = models.EmailField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    digest = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.email} to {self.organisation_id}"
+
+    def status(self, now: Any = None) -> str:
+        now = now or timezone.now()
+        if self.accepted_at is not None:
+            return "accepted"
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at <= now:
+            return "expired"
+        return "pending"
+
+
+class ExportKind(models.TextChoices):
+    COMPLETE = "complete", "Everything"
+    MEASUREMENTS = "measurements", "Measurements only"
+
+
+class ExportStatus(models.TextChoices):
+    PENDING = "pending", "Being prepared"
+    READY = "ready", "Ready to download"
+    FAILED = "failed", "Failed"
+    EXPIRED = "expired", "Expired"
+
+
+class DataExport(models.Model):
+    """A requested export: built in the background, downloadable until it expires.
+
+    ``organisation`` is set for an organisation's export and empty for a user's own data.
+    """
+
+    organisation_lookup: ClassVar[str] = "organisation"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(
+        Organisation, null=True, blank=True, on_delete=models.CASCADE, related_name="exports"
+    )
+    requested_by = models.ForeignKey(User, on_delete=models.CASCADE, related_name="exports")
+    kind = models.CharField(max_length=16, choices=ExportKind.choices)
+    status = models.CharField(
+        max_length=16, choices=ExportStatus.choices, default=ExportStatus.PENDING
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    size = models.PositiveBigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    error = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} export {self.id}"

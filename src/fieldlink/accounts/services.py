@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,20 +27,39 @@ from allauth.mfa.totp.internal.auth import (
 )
 from allauth.usersessions.models import UserSession
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import connection, models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from ua_parser import parse as parse_user_agent
 
-from fieldlink.accounts.errors import ApiKeyInvalidError, ApiKeyNotFoundError
+from fieldlink.accounts import access
+from fieldlink.accounts.access import Permission, PermissionDeniedError, Principal, Scope
+from fieldlink.accounts.errors import (
+    AlreadyMemberError,
+    ApiKeyInvalidError,
+    ApiKeyNotFoundError,
+    InvitationEmailMismatchError,
+    InvitationInvalidError,
+    OrganisationInvalidError,
+    OrganisationStateError,
+    OwnerProtectedError,
+    StaffNotCustomerError,
+)
 from fieldlink.accounts.models import (
     ApiKey,
     ApiKeyScope,
+    Invitation,
+    Membership,
+    Organisation,
+    Region,
+    Role,
     SecurityEvent,
     SecurityEventKind,
     StaffRole,
     User,
 )
+from fieldlink.audit import services as audit_services
+from fieldlink.audit.models import PLATFORM_CHAIN, ActorType
 from fieldlink.kit.logging import get_logger
 
 log = get_logger(__name__)
@@ -203,7 +223,27 @@ def create_api_key(
     record_security_event(
         user, SecurityEventKind.API_KEY_CREATED, request, key_prefix=prefix, name=name
     )
+    _audit_key(user, "api_key.created", key, request, after=_key_fields(key))
     return IssuedKey(key, secret)
+
+
+def _key_fields(key: ApiKey) -> dict[str, Any]:
+    return {
+        "name": key.name,
+        "prefix": key.prefix,
+        "scope": key.scope,
+        "expires_at": key.expires_at,
+    }
+
+
+def _audit_key(
+    user: User, action: str, key: ApiKey, request: HttpRequest | None, **values: Any
+) -> None:
+    # A personal key acts in every organisation its user belongs to, so each of them sees it in
+    # its own trail.
+    principal = Principal(user, "account")
+    for chain in Membership.objects.filter(user=user).values_list("organisation_id", flat=True):
+        _audit_in(str(chain), principal, action, target=key, request=request, **values)
 
 
 def _own_key(user: User, key_id: Any) -> ApiKey:
@@ -221,6 +261,7 @@ def revoke_api_key(user: User, key_id: Any, request: HttpRequest | None = None) 
         record_security_event(
             user, SecurityEventKind.API_KEY_REVOKED, request, key_prefix=key.prefix
         )
+        _audit_key(user, "api_key.revoked", key, request, before=_key_fields(key))
     return key
 
 
@@ -247,6 +288,14 @@ def rotate_api_key(
         key_prefix=old.prefix,
         new_key_prefix=issued.key.prefix,
         old_key_expires_at=old.expires_at.isoformat(),
+    )
+    _audit_key(
+        user,
+        "api_key.rotated",
+        old,
+        request,
+        before=_key_fields(old),
+        after={"replaced_by": issued.key.prefix},
     )
     return issued
 
@@ -306,3 +355,473 @@ def enroll_staff(email: str, role: StaffRole) -> StaffEnrollment:
     secret = generate_totp_secret()
     TOTP.activate(user, secret)
     return StaffEnrollment(user, secret, get_adapter().build_totp_url(user, secret))
+
+
+# -- Organisations, memberships, invitations ----------------------------------------------------
+#
+# Every use case takes the caller's ``Scope`` (fieldlink.accounts.access), checks one permission
+# and writes one audit entry in the caller's transaction. Lists come through ``Scope.filter``.
+
+ORGANISATION_DELETION_GRACE = timedelta(days=30)
+INVITATION_LIFETIME = timedelta(days=7)
+INVITATION_PREFIX = "fli_"
+MAX_PENDING_INVITATIONS = 100
+
+
+def _actor(principal: Principal) -> tuple[str, str, str]:
+    """(actor_type, actor_id, actor_label) for the audit trail."""
+    user = principal.user
+    if principal.api_key is not None:
+        key = principal.api_key
+        return ActorType.API_KEY, str(key.id), f"{user.email} ({key.prefix}…)"
+    if user.is_platform_staff:
+        return ActorType.STAFF, str(user.id), user.email
+    return ActorType.USER, str(user.id), user.email
+
+
+def audit(
+    scope: Scope,
+    action: str,
+    *,
+    target: models.Model | None = None,
+    before: object = None,
+    after: object = None,
+    request: HttpRequest | None = None,
+) -> None:
+    """One entry in the organisation's audit chain, in the caller's transaction."""
+    _audit_in(
+        str(scope.organisation.pk),
+        scope.principal,
+        action,
+        target=target,
+        before=before,
+        after=after,
+        request=request,
+        grant_id=scope.grant_id,
+    )
+
+
+def _audit_in(
+    chain: str,
+    principal: Principal,
+    action: str,
+    *,
+    target: models.Model | None = None,
+    before: object = None,
+    after: object = None,
+    request: HttpRequest | None = None,
+    grant_id: str = "",
+) -> None:
+    actor_type, actor_id, actor_label = _actor(principal)
+    info = client_info(request)
+    via = principal.via
+    audit_services.record(
+        chain,
+        action=action,
+        actor_type=actor_type,
+        actor_id=actor_id,
+        actor_label=actor_label,
+        on_behalf_of_grant=grant_id,
+        target_type=target._meta.model_name or "" if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        before=before,
+        after=after,
+        ip=info.ip,
+        client=f"{via}; {info.user_agent}" if info.user_agent else via,
+    )
+
+
+def _organisation_fields(org: Organisation) -> dict[str, Any]:
+    return {"name": org.name, "region": org.region}
+
+
+def _member_fields(membership: Membership) -> dict[str, Any]:
+    return {"user": membership.user.email, "role": membership.role}
+
+
+def _refuse_staff(user: User) -> None:
+    if user.is_platform_staff:
+        raise StaffNotCustomerError(
+            "Platform staff accounts cannot belong to customer organisations; support access "
+            "is granted by the customer for a ticket."
+        )
+
+
+def create_organisation(
+    principal: Principal, *, name: str, region: str, request: HttpRequest | None = None
+) -> Scope:
+    """A new organisation with the caller as its owner; returns the owner's scope."""
+    _refuse_staff(principal.user)
+    if not principal.can_write:
+        raise PermissionDeniedError("This API key may only read.")
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise OrganisationInvalidError("The name must be 1 to 100 characters.")
+    if region not in Region.values:
+        raise OrganisationInvalidError("Unknown region.", details={"allowed": list(Region.values)})
+    org = Organisation.objects.create(name=name, region=region, created_by=principal.user)
+    Membership.objects.create(organisation=org, user=principal.user, role=Role.OWNER)
+    scope = access.resolve(principal, org.pk)
+    audit(
+        scope, "organisation.created", target=org, after=_organisation_fields(org), request=request
+    )
+    return scope
+
+
+def rename_organisation(scope: Scope, *, name: str, request: HttpRequest | None = None) -> None:
+    scope.require(Permission.ORG_SETTINGS)
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise OrganisationInvalidError("The name must be 1 to 100 characters.")
+    org = Organisation.objects.select_for_update().get(pk=scope.organisation.pk)
+    if org.name == name:
+        return
+    before = _organisation_fields(org)
+    org.name = name
+    org.save(update_fields=["name"])
+    scope.organisation.name = name
+    audit(
+        scope,
+        "organisation.updated",
+        target=org,
+        before=before,
+        after=_organisation_fields(org),
+        request=request,
+    )
+
+
+def members_of(scope: Scope) -> list[Membership]:
+    scope.require(Permission.MEMBERS_VIEW)
+    return list(scope.filter(Membership.objects.select_related("user")).order_by("created_at"))
+
+
+def invitations_of(scope: Scope) -> list[Invitation]:
+    scope.require(Permission.MEMBERS_VIEW)
+    return list(scope.filter(Invitation.objects.all()).order_by("-created_at")[:500])
+
+
+def _invitation_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedInvitation:
+    invitation: Invitation
+    token: str  # goes into the e-mailed link only; its hash is stored
+
+
+def invite_member(
+    scope: Scope, *, email: str, role: str, request: HttpRequest | None = None
+) -> IssuedInvitation:
+    scope.require(Permission.MEMBERS_MANAGE)
+    if role not in Role.values or role == Role.OWNER:
+        raise OrganisationInvalidError(
+            "Invite as admin, engineer or viewer; ownership is transferred, not invited.",
+            details={"allowed": [Role.ADMIN, Role.ENGINEER, Role.VIEWER]},
+        )
+    email = User.objects.normalize_email(email.strip())
+    if scope.filter(Membership.objects.filter(user__email__iexact=email)).exists():
+        raise AlreadyMemberError("This person is already a member.")
+    now = timezone.now()
+    pending = scope.filter(
+        Invitation.objects.filter(accepted_at=None, revoked_at=None, expires_at__gt=now)
+    )
+    # A new invitation for the same address replaces the old one: one live link per person.
+    for old in pending.filter(email__iexact=email).select_for_update():
+        old.revoked_at = now
+        old.save(update_fields=["revoked_at"])
+    if pending.count() >= MAX_PENDING_INVITATIONS:
+        raise OrganisationStateError(
+            f"At most {MAX_PENDING_INVITATIONS} invitations may be pending; revoke some first."
+        )
+    token = INVITATION_PREFIX + secrets.token_urlsafe(32)
+    invitation = Invitation.objects.create(
+        organisation=scope.organisation,
+        email=email,
+        role=role,
+        digest=_invitation_digest(token),
+        invited_by=scope.user,
+        expires_at=now + INVITATION_LIFETIME,
+    )
+    audit(
+        scope,
+        "invitation.created",
+        target=invitation,
+        after={"email": email, "role": role, "expires_at": invitation.expires_at},
+        request=request,
+    )
+    link = _absolute(request, f"/invitations/{token}/")
+    org_name, inviter = scope.organisation.name, scope.user.email
+    body = (
+        f"{inviter} invites you to join {org_name} on Fieldlink as {Role(role).label.lower()}.\n\n"
+        f"Accept (valid for 7 days, once): {link}\n\n"
+        "Sign in or create an account with this e-mail address to accept. If you did not "
+        "expect this invitation, ignore this message."
+    )
+    transaction.on_commit(
+        lambda: send_mail(
+            f"[Fieldlink] Invitation to {org_name}", body, None, [email], fail_silently=True
+        )
+    )
+    return IssuedInvitation(invitation, token)
+
+
+def _absolute(request: HttpRequest | None, path: str) -> str:
+    if request is None:
+        return path
+    return request.build_absolute_uri(path)
+
+
+def revoke_invitation(
+    scope: Scope, invitation_id: Any, request: HttpRequest | None = None
+) -> Invitation:
+    scope.require(Permission.MEMBERS_MANAGE)
+    invitation = scope.get(Invitation.objects.select_for_update(), invitation_id, what="invitation")
+    if invitation.status() == "pending":
+        invitation.revoked_at = timezone.now()
+        invitation.save(update_fields=["revoked_at"])
+        audit(
+            scope,
+            "invitation.revoked",
+            target=invitation,
+            before={"email": invitation.email, "role": invitation.role},
+            request=request,
+        )
+    return invitation
+
+
+def invitation_for_token(token: str) -> Invitation | None:
+    """The invitation a link stands for, or None (unknown, malformed or too long)."""
+    if not token.startswith(INVITATION_PREFIX) or len(token) > 100:
+        return None
+    return (
+        Invitation.objects.select_related("organisation", "invited_by")
+        .filter(digest=_invitation_digest(token))
+        .first()
+    )
+
+
+def accept_invitation(
+    principal: Principal, token: str, request: HttpRequest | None = None
+) -> Membership:
+    _refuse_staff(principal.user)
+    if not principal.can_write:
+        raise PermissionDeniedError("This API key may only read.")
+    found = invitation_for_token(token)
+    if found is None:
+        raise InvitationInvalidError("This invitation link is not valid.")
+    invitation = (
+        Invitation.objects.select_for_update().select_related("organisation").get(pk=found.pk)
+    )
+    status = invitation.status()
+    if status != "pending":
+        raise InvitationInvalidError(
+            f"This invitation has {'been used' if status == 'accepted' else status}; ask for a "
+            "new one.",
+            details={"status": status},
+        )
+    org = invitation.organisation
+    if org.pending_deletion:
+        raise OrganisationStateError("This organisation is scheduled for deletion.")
+    user = principal.user
+    verified = EmailAddress.objects.filter(
+        user=user, email__iexact=invitation.email, verified=True
+    ).exists()
+    if not verified:
+        raise InvitationEmailMismatchError(
+            "This invitation was sent to another e-mail address. Sign in with that address "
+            "(or add and verify it on your account) to accept."
+        )
+    if Membership.objects.filter(organisation=org, user=user).exists():
+        raise AlreadyMemberError("You are already a member of this organisation.")
+    membership = Membership.objects.create(organisation=org, user=user, role=invitation.role)
+    invitation.accepted_at = timezone.now()
+    invitation.accepted_by = user
+    invitation.save(update_fields=["accepted_at", "accepted_by"])
+    scope = access.resolve(principal, org.pk)
+    audit(
+        scope, "member.joined", target=membership, after=_member_fields(membership), request=request
+    )
+    return membership
+
+
+def change_role(
+    scope: Scope, membership_id: Any, *, role: str, request: HttpRequest | None = None
+) -> Membership:
+    scope.require(Permission.MEMBERS_MANAGE)
+    membership = scope.get(
+        Membership.objects.select_for_update().select_related("user"),
+        membership_id,
+        what="member",
+    )
+    if role not in Role.values:
+        raise OrganisationInvalidError("Unknown role.", details={"allowed": list(Role.values)})
+    if Role.OWNER in (membership.role, role):
+        raise OwnerProtectedError("Ownership changes only by transfer, by the owner.")
+    if membership.role != role:
+        before = _member_fields(membership)
+        membership.role = role
+        membership.save(update_fields=["role"])
+        audit(
+            scope,
+            "member.role_changed",
+            target=membership,
+            before=before,
+            after=_member_fields(membership),
+            request=request,
+        )
+    return membership
+
+
+def remove_member(scope: Scope, membership_id: Any, request: HttpRequest | None = None) -> None:
+    """Remove a member (members.manage), or leave (anyone but the owner)."""
+    membership = scope.get(
+        Membership.objects.select_for_update().select_related("user"),
+        membership_id,
+        what="member",
+    )
+    leaving = membership.user_id == scope.user.pk
+    if not leaving:
+        scope.require(Permission.MEMBERS_MANAGE)
+    if membership.role == Role.OWNER:
+        raise OwnerProtectedError("The owner cannot leave or be removed; transfer ownership first.")
+    before = _member_fields(membership)
+    audit(
+        scope,
+        "member.left" if leaving else "member.removed",
+        target=membership,
+        before=before,
+        request=request,
+    )
+    membership.delete()
+
+
+def transfer_ownership(
+    scope: Scope, membership_id: Any, request: HttpRequest | None = None
+) -> Membership:
+    """The target member becomes owner; the previous owner stays on as admin."""
+    scope.require(Permission.OWNERSHIP_TRANSFER)
+    target = scope.get(
+        Membership.objects.select_for_update().select_related("user"),
+        membership_id,
+        what="member",
+    )
+    if target.user_id == scope.user.pk:
+        raise OrganisationStateError("You already own this organisation.")
+    _refuse_staff(target.user)
+    current = scope.filter(Membership.objects.select_for_update()).get(role=Role.OWNER)
+    before = {"owner": scope.user.email}
+    # The old owner steps down first: the database allows one owner per organisation.
+    current.role = Role.ADMIN
+    current.save(update_fields=["role"])
+    target.role = Role.OWNER
+    target.save(update_fields=["role"])
+    audit(
+        scope,
+        "organisation.ownership_transferred",
+        target=target,
+        before=before,
+        after={"owner": target.user.email},
+        request=request,
+    )
+    return target
+
+
+def request_deletion(scope: Scope, request: HttpRequest | None = None) -> Organisation:
+    """Schedule the organisation's deletion after the grace period (cancellable until then)."""
+    scope.require(Permission.ORG_DELETE)
+    org = Organisation.objects.select_for_update().get(pk=scope.organisation.pk)
+    if org.pending_deletion:
+        raise OrganisationStateError("Deletion is already scheduled.")
+    now = timezone.now()
+    org.deletion_requested_at = now
+    org.deletion_due_at = now + ORGANISATION_DELETION_GRACE
+    org.deletion_requested_by = scope.user
+    org.save(update_fields=["deletion_requested_at", "deletion_due_at", "deletion_requested_by"])
+    audit(
+        scope,
+        "organisation.deletion_requested",
+        target=org,
+        after={"deletion_due_at": org.deletion_due_at},
+        request=request,
+    )
+    _tell_admins(
+        org,
+        f"[Fieldlink] {org.name} will be deleted on {org.deletion_due_at:%Y-%m-%d}",
+        f"{scope.user.email} scheduled the deletion of {org.name} and all its data on "
+        f"{org.deletion_due_at:%Y-%m-%d %H:%M} UTC. Until then the owner can cancel it, and "
+        "admins can still export the data.",
+    )
+    return org
+
+
+def cancel_deletion(scope: Scope, request: HttpRequest | None = None) -> Organisation:
+    scope.require(Permission.ORG_DELETE)
+    org = Organisation.objects.select_for_update().get(pk=scope.organisation.pk)
+    if not org.pending_deletion:
+        raise OrganisationStateError("No deletion is scheduled.")
+    before = {"deletion_due_at": org.deletion_due_at}
+    org.deletion_requested_at = org.deletion_due_at = None
+    org.deletion_requested_by = None
+    org.save(update_fields=["deletion_requested_at", "deletion_due_at", "deletion_requested_by"])
+    audit(scope, "organisation.deletion_cancelled", target=org, before=before, request=request)
+    _tell_admins(
+        org,
+        f"[Fieldlink] Deletion of {org.name} cancelled",
+        f"{scope.user.email} cancelled the scheduled deletion of {org.name}.",
+    )
+    return org
+
+
+def _tell_admins(org: Organisation, subject: str, body: str) -> None:
+    recipients = list(
+        Membership.objects.filter(organisation=org, role__in=[Role.OWNER, Role.ADMIN]).values_list(
+            "user__email", flat=True
+        )
+    )
+    if recipients:
+        transaction.on_commit(
+            lambda: send_mail(subject, body, None, recipients, fail_silently=True)
+        )
+
+
+def purge_due_organisations(now: datetime | None = None) -> list[str]:
+    """Delete organisations whose grace period is over; returns their ids.
+
+    The deletion is recorded twice: as the last entry of the organisation's own chain (which
+    outlives it) and in the platform chain, both by the system actor.
+    """
+    now = now or timezone.now()
+    purged: list[str] = []
+    due = Organisation.objects.filter(deletion_due_at__lte=now).select_for_update(
+        skip_locked=connection.vendor == "postgresql"
+    )
+    for org in due:
+        org_id = str(org.pk)
+        entry = {
+            "name": org.name,
+            "region": org.region,
+            "deletion_requested_at": org.deletion_requested_at,
+        }
+        for chain in (org_id, PLATFORM_CHAIN):
+            audit_services.record(
+                chain,
+                action="organisation.deleted",
+                actor_type=ActorType.SYSTEM,
+                actor_id="purge",
+                actor_label="Deletion after the grace period",
+                target_type="organisation",
+                target_id=org_id,
+                before=entry,
+            )
+        for hook in ORGANISATION_PURGE_HOOKS:
+            hook(org)
+        org.delete()
+        purged.append(org_id)
+        log.info("organisation_purged", organisation=org_id)
+    return purged
+
+
+# Other contexts register here what must happen to their data beyond the database cascade
+# (files on disk, object storage) before an organisation row is deleted.
+ORGANISATION_PURGE_HOOKS: list[Callable[[Organisation], None]] = []

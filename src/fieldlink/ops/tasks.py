@@ -8,7 +8,7 @@ from typing import Any
 from django_tasks import task
 from django_tasks.base import Task
 
-from fieldlink.accounts.tasks import prune_security_history
+from fieldlink.accounts.tasks import prune_security_history, purge_due_organisations
 
 
 @task()
@@ -21,4 +21,5 @@ def ping(message: str) -> str:
 # run twice (replicas each enqueue): they are idempotent clean-ups.
 PERIODIC: list[tuple[timedelta, Task[[], Any]]] = [
     (timedelta(hours=24), prune_security_history),
+    (timedelta(hours=1), purge_due_organisations),
 ]
