@@ -21,6 +21,8 @@ urlpatterns = [
     path("metrics", ops_views.metrics, name="metrics"),
     path("accounts/", include("allauth.urls")),
     path("me/", include("fieldlink.accounts.urls")),
+    path("orgs/", include("fieldlink.accounts.org_urls")),
+    path("orgs/<uuid:org_id>/audit/", include("fieldlink.audit.urls")),
     path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", api.urls),
 ]

@@ -15,7 +15,8 @@ Fieldlink key shapes (a prefix, then at least 16 URL-safe characters):
 
 * ``flk_`` — personal API keys,
 * ``fld_`` — device credentials,
-* ``fle_`` — one-time enrollment codes.
+* ``fle_`` — one-time enrollment codes,
+* ``fli_`` — organisation invitation tokens.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = [
 
 REDACTED: Final = "[REDACTED]"
 
-FIELDLINK_KEY_PREFIXES: Final = ("flk_", "fld_", "fle_")
+FIELDLINK_KEY_PREFIXES: Final = ("flk_", "fld_", "fle_", "fli_")
 
 # Matched anywhere in the key once case, separators and camelCase humps are removed, so
 # "X-API-Key", "apiKey" and "HTTP_AUTHORIZATION" all hit.
