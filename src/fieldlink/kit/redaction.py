@@ -159,7 +159,7 @@ _PEM_PRIVATE_KEY = re.compile(
     re.DOTALL,
 )
 _AUTH_SCHEME = re.compile(r"(?<![\w-])(?:bearer|basic)[ \t]+(?P<cred>[A-Za-z0-9._~+/=-]+)", re.I)
-_FIELDLINK_KEY = re.compile(r"(?<![A-Za-z0-9])fl[kde]_(?P<secret>[A-Za-z0-9_-]{16,})")
+_FIELDLINK_KEY = re.compile(r"(?<![A-Za-z0-9])fl[kdei]_(?P<secret>[A-Za-z0-9_-]{16,})")
 _STRIPE_KEY = re.compile(
     r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:live|test)_|whsec_)(?P<secret>[A-Za-z0-9+/=]{8,})"
 )
