@@ -178,7 +178,9 @@ class Scope:
             raise TypeError(f"{model.__name__} has no organisation_lookup: it is not scoped")
         value: Any = self.organisation.pk
         field_name = lookup.split("__", 1)[0]
-        if isinstance(model._meta.get_field(field_name), models.CharField):
+        # "pk" is a query alias, not a field name: get_field() does not know it.
+        field = model._meta.pk if field_name == "pk" else model._meta.get_field(field_name)
+        if isinstance(field, models.CharField):
             value = str(value)  # e.g. the audit trail's chain, which is text on purpose
         return queryset.filter(**{lookup: value})
 

@@ -102,6 +102,8 @@ class SecurityEventKind(models.TextChoices):
     API_KEY_CREATED = "api_key_created", "API key created"
     API_KEY_ROTATED = "api_key_rotated", "API key rotated"
     API_KEY_REVOKED = "api_key_revoked", "API key revoked"
+    DATA_EXPORT_REQUESTED = "data_export_requested", "Personal data export requested"
+    DATA_EXPORT_DOWNLOADED = "data_export_downloaded", "Personal data export downloaded"
 
 
 class SecurityEvent(models.Model):

@@ -683,6 +683,9 @@ def remove_member(scope: Scope, membership_id: Any, request: HttpRequest | None 
     leaving = membership.user_id == scope.user.pk
     if not leaving:
         scope.require(Permission.MEMBERS_MANAGE)
+    elif not scope.principal.can_write:
+        # Leaving needs no permission, but it is a change: a read-only key cannot make it.
+        raise PermissionDeniedError("This API key may only read.")
     if membership.role == Role.OWNER:
         raise OwnerProtectedError("The owner cannot leave or be removed; transfer ownership first.")
     before = _member_fields(membership)
@@ -706,11 +709,17 @@ def transfer_ownership(
         membership_id,
         what="member",
     )
-    if target.user_id == scope.user.pk:
-        raise OrganisationStateError("You already own this organisation.")
+    current = scope.filter(Membership.objects.select_for_update()).filter(role=Role.OWNER).first()
+    # The caller's standing was resolved before this lock: a concurrent transfer may have moved
+    # ownership since, and a former owner must not hand on what is no longer theirs.
+    if current is None or (scope.role == Role.OWNER and current.user_id != scope.user.pk):
+        raise OrganisationStateError("Ownership has just changed; reload and try again.")
+    if target.pk == current.pk:
+        raise OrganisationStateError("This member already owns the organisation.")
     _refuse_staff(target.user)
-    current = scope.filter(Membership.objects.select_for_update()).get(role=Role.OWNER)
-    before = {"owner": scope.user.email}
+    # The owner's address, not the caller's: a permission source other than membership (a
+    # support grant) may hold ownership.transfer too.
+    before = {"owner": current.user.email}
     # The old owner steps down first: the database allows one owner per organisation.
     current.role = Role.ADMIN
     current.save(update_fields=["role"])

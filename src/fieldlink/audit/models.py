@@ -73,6 +73,8 @@ class AuditEntry(models.Model):
     hash = models.CharField(max_length=64)
 
     objects: ClassVar[models.Manager[AuditEntry]] = AuditEntryQuerySet.as_manager()
+    # Each organisation's entries form the chain named by its id (fieldlink.accounts.access).
+    organisation_lookup: ClassVar[str] = "chain"
 
     class Meta:
         ordering: ClassVar[list[str]] = ["chain", "sequence"]

@@ -8,12 +8,14 @@ without rewriting every later one breaks a hash or a link, which ``verify`` name
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import ipaddress
 import itertools
 import json
+import re
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -27,12 +29,32 @@ from fieldlink.kit.clock import utcnow
 from fieldlink.kit.redaction import redact
 
 __all__ = [
+    "EXPORT_FIELDS",
+    "EXPORT_LIMIT",
+    "PAGE_SIZE_DEFAULT",
+    "PAGE_SIZE_MAX",
+    "SEQUENCE_MAX",
+    "AuditFilters",
+    "AuditPage",
+    "Change",
+    "ExportPlan",
     "Finding",
     "FindingKind",
     "Verification",
+    "as_utc",
+    "changes",
+    "check_filter_text",
+    "csv_cell",
     "entry_hash",
+    "export_csv",
+    "export_json",
+    "exported",
+    "filter_entries",
+    "plan_export",
     "record",
+    "search",
     "verify",
+    "verify_entries",
     "verify_report",
 ]
 
@@ -295,6 +317,14 @@ def verify_report(chain: str | None = None) -> Verification:
     entries = AuditEntry.objects.all()
     if chain is not None:
         entries = entries.filter(chain=chain)
+    return verify_entries(entries)
+
+
+def verify_entries(entries: models.QuerySet[AuditEntry]) -> Verification:
+    """``verify_report`` over a queryset of whole chains, e.g. one organisation's scoped entries.
+
+    Narrowing it any further (by time, action, ...) would make the left-out entries look deleted.
+    """
     # Streamed: a chain holds years of entries, only the previous one is kept in memory.
     stream = entries.order_by("chain", "sequence").iterator(chunk_size=_CHUNK)
     report = Verification()
@@ -307,3 +337,243 @@ def verify_report(chain: str | None = None) -> Verification:
 def verify(chain: str | None = None) -> list[Finding]:
     """What is wrong with the stored trail: altered, deleted or reordered entries, each named."""
     return verify_report(chain).findings
+
+
+# --- reading: search, export, changes ------------------------------------------------------------
+#
+# Every function here takes a queryset the caller has already narrowed to one organisation
+# (``fieldlink.accounts.access.Scope.filter``), so this module knows nothing of tenants.
+
+PAGE_SIZE_DEFAULT: Final = 50
+PAGE_SIZE_MAX: Final = 500
+EXPORT_LIMIT: Final = 100_000
+SEQUENCE_MAX: Final = 2**63 - 1  # a bigint column; a larger cursor is refused, not a 500
+# A filter longer than the column it is compared with could never match; refusing it says why.
+FILTER_MAX_LENGTH: Final = {
+    "action": 100,
+    "actor": 320,
+    "target_type": 64,
+    "target_id": 64,
+}
+# Control characters match nothing that is stored, and PostgreSQL refuses NUL in a parameter.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ACTION = re.compile(r"[A-Za-z0-9_.:-]*")
+
+# Columns of an export: every hashed field plus the hash, so that anyone can re-check the chain
+# offline with ``entry_hash`` (after parsing ``before``/``after`` from their JSON text in CSV).
+EXPORT_FIELDS: Final = (
+    "sequence",
+    "created_at",
+    "id",
+    "chain",
+    "actor_type",
+    "actor_id",
+    "actor_label",
+    "on_behalf_of_grant",
+    "action",
+    "target_type",
+    "target_id",
+    "before",
+    "after",
+    "ip",
+    "client",
+    "prev_hash",
+    "hash",
+)
+# Spreadsheets run a cell starting with one of these as a formula. Such cells get a leading
+# apostrophe; so does a cell that starts with an apostrophe itself, which keeps the escape
+# reversible: a reader drops exactly one leading apostrophe, if there is one.
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def check_filter_text(name: str, value: str) -> str:
+    """``value`` of the text filter ``name``, or ValueError saying what is wrong with it."""
+    limit = FILTER_MAX_LENGTH[name]
+    if len(value) > limit:
+        raise ValueError(f"at most {limit} characters")
+    if _CONTROL.search(value):
+        raise ValueError("control characters are not allowed")
+    if name == "action" and not _ACTION.fullmatch(value):
+        raise ValueError("letters, digits and . _ : - only (end with '.' for a prefix)")
+    return value
+
+
+def as_utc(value: datetime) -> datetime:
+    """An aware UTC datetime; a naive one is taken to be UTC already."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+05:00
+        raise ValueError("out of range") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilters:
+    action: str = ""  # exact, or a prefix when it ends with "." ("member." → member.*)
+    actor: str = ""  # part of the actor's label (e-mail), or exactly the actor's id
+    target_type: str = ""
+    target_id: str = ""
+    since: datetime | None = None  # inclusive
+    until: datetime | None = None  # exclusive
+
+    def active(self) -> dict[str, str]:
+        """The filters that are set, as text (for links, and for the record of an export)."""
+        values = {
+            "action": self.action,
+            "actor": self.actor,
+            "target_type": self.target_type,
+            "target_id": self.target_id,
+            "since": _canonical(self.since) if self.since else "",
+            "until": _canonical(self.until) if self.until else "",
+        }
+        return {name: value for name, value in values.items() if value}
+
+
+def filter_entries(
+    entries: models.QuerySet[AuditEntry], filters: AuditFilters
+) -> models.QuerySet[AuditEntry]:
+    if filters.action.endswith("."):
+        entries = entries.filter(action__startswith=filters.action)
+    elif filters.action:
+        entries = entries.filter(action=filters.action)
+    if filters.actor:
+        entries = entries.filter(
+            models.Q(actor_label__icontains=filters.actor) | models.Q(actor_id=filters.actor)
+        )
+    if filters.target_type:
+        entries = entries.filter(target_type=filters.target_type)
+    if filters.target_id:
+        entries = entries.filter(target_id=filters.target_id)
+    if filters.since is not None:
+        entries = entries.filter(created_at__gte=filters.since)
+    if filters.until is not None:
+        entries = entries.filter(created_at__lt=filters.until)
+    return entries
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    entries: list[AuditEntry]
+    # Pass as ``before_sequence`` for the next (older) page; None on the last page.
+    next_before_sequence: int | None
+
+
+def search(
+    entries: models.QuerySet[AuditEntry],
+    filters: AuditFilters,
+    *,
+    before_sequence: int | None = None,
+    limit: int = PAGE_SIZE_DEFAULT,
+) -> AuditPage:
+    """One page of matching entries, newest first, paged by sequence (stable while appending)."""
+    if not 1 <= limit <= PAGE_SIZE_MAX:
+        raise AuditValueError(f"limit must be 1 to {PAGE_SIZE_MAX}")
+    matching = filter_entries(entries, filters)
+    if before_sequence is not None:
+        matching = matching.filter(sequence__lt=before_sequence)
+    rows = list(matching.order_by("-sequence")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return AuditPage(rows, rows[-1].sequence if more else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportPlan:
+    entries: models.QuerySet[AuditEntry]  # chain order, at most the limit
+    count: int
+    # The chain's head when the export was planned: entries appended later are not in it.
+    up_to_sequence: int
+    limit: int
+    truncated: bool
+    # When truncated: pass as ``since`` to export the rest (inclusive, so nothing is skipped).
+    next_since: datetime | None
+
+    def stream(self) -> Iterator[AuditEntry]:
+        return self.entries.iterator(chunk_size=_CHUNK)
+
+
+def plan_export(
+    entries: models.QuerySet[AuditEntry], filters: AuditFilters, *, limit: int | None = None
+) -> ExportPlan:
+    """What an export of the matching entries will hold (in chain order, bounded)."""
+    limit = EXPORT_LIMIT if limit is None else limit
+    head = entries.aggregate(head=models.Max("sequence"))["head"] or 0
+    matching = filter_entries(entries, filters).filter(sequence__lte=head).order_by("sequence")
+    omitted = list(matching.values_list("created_at", flat=True)[limit : limit + 1])
+    count = limit if omitted else matching.count()
+    return ExportPlan(
+        entries=matching[:limit],
+        count=count,
+        up_to_sequence=head,
+        limit=limit,
+        truncated=bool(omitted),
+        next_since=omitted[0] if omitted else None,
+    )
+
+
+def exported(entry: AuditEntry) -> dict[str, Any]:
+    """An entry as exported: the values its hash covers, in the form the hash was computed on."""
+    return {name: _canonical(getattr(entry, name)) for name in EXPORT_FIELDS}
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def csv_cell(value: Any) -> str:
+    """One CSV cell as text, with a formula start neutralised."""
+    text = value if isinstance(value, str) else str(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+class _Line:
+    def write(self, value: str) -> str:
+        return value
+
+
+def export_csv(entries: Iterable[AuditEntry]) -> Iterator[str]:
+    """CSV lines (RFC 4180): a header, then one row per entry; ``before``/``after`` as JSON."""
+    writer = csv.writer(_Line())
+    yield writer.writerow(EXPORT_FIELDS)
+    for entry in entries:
+        row = exported(entry)
+        row["before"], row["after"] = _json_text(row["before"]), _json_text(row["after"])
+        yield writer.writerow([csv_cell(row[name]) for name in EXPORT_FIELDS])
+
+
+def export_json(entries: Iterable[AuditEntry]) -> Iterator[str]:
+    """One JSON array of entry objects, produced piece by piece."""
+    separator = "[\n"
+    for entry in entries:
+        yield separator + _json_text(exported(entry))
+        separator = ",\n"
+    yield "[]\n" if separator == "[\n" else "\n]\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    field: str
+    before: str | None  # None: the field was absent
+    after: str | None
+    changed: bool
+
+
+def _shown(value: Any) -> str:
+    return value if isinstance(value, str) else _json_text(value)
+
+
+def changes(before: Any, after: Any) -> list[Change]:
+    """Field by field what an entry's before/after say, for people reading the trail."""
+    if isinstance(before, dict | None) and isinstance(after, dict | None):
+        old, new = before or {}, after or {}
+        return [
+            Change(
+                str(key),
+                _shown(old[key]) if key in old else None,
+                _shown(new[key]) if key in new else None,
+                key not in old or key not in new or old[key] != new[key],
+            )
+            for key in sorted({*old, *new}, key=str)
+        ]
+    return [Change("value", _shown(before), _shown(after), before != after)]

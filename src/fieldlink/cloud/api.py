@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ninja import NinjaAPI
 
+from fieldlink.accounts.api import organisations_router
 from fieldlink.accounts.api import router as accounts_router
 from fieldlink.accounts.auth import API_AUTH
 from fieldlink.audit.api import router as audit_router
@@ -41,9 +42,10 @@ install_api_error_handlers(api)
 
 api.add_router("/ops", ops_router)
 api.add_router("", accounts_router)
+api.add_router("", organisations_router)
 api.add_router("/devices", devices_router)
 api.add_router("/telemetry", telemetry_router)
 api.add_router("/updates", updates_router)
 api.add_router("/support", support_router)
 api.add_router("/billing", billing_router)
-api.add_router("/audit", audit_router)
+api.add_router("", audit_router)  # /orgs/{org_id}/audit…

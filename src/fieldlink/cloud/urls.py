@@ -1,5 +1,6 @@
 from django.urls import include, path
 
+from fieldlink.accounts import views as accounts_views
 from fieldlink.cloud import views
 from fieldlink.cloud.api import api
 from fieldlink.ops import views as ops_views
@@ -23,6 +24,7 @@ urlpatterns = [
     path("me/", include("fieldlink.accounts.urls")),
     path("orgs/", include("fieldlink.accounts.org_urls")),
     path("orgs/<uuid:org_id>/audit/", include("fieldlink.audit.urls")),
+    path("invitations/<str:token>/", accounts_views.invitation, name="invitation"),
     path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", api.urls),
 ]

@@ -8,7 +8,11 @@ from typing import Any
 from django_tasks import task
 from django_tasks.base import Task
 
-from fieldlink.accounts.tasks import prune_security_history, purge_due_organisations
+from fieldlink.accounts.tasks import (
+    expire_data_exports,
+    prune_security_history,
+    purge_due_organisations,
+)
 
 
 @task()
@@ -22,4 +26,5 @@ def ping(message: str) -> str:
 PERIODIC: list[tuple[timedelta, Task[[], Any]]] = [
     (timedelta(hours=24), prune_security_history),
     (timedelta(hours=1), purge_due_organisations),
+    (timedelta(hours=1), expire_data_exports),
 ]

@@ -1,0 +1,153 @@
+"""The generated role matrix: every mutating operation in an organisation, asked by every role.
+
+``MIN_ROLE`` names the least powerful role that may perform each mutating operation of the API
+(and each action page of the UI). Every role below it gets 403 ``permission_denied`` and changes
+nothing; every role at or above it is let through (its answer is neither 403 nor 404). An
+operation missing from the table fails ``test_every_mutating_route_has_a_role``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.urls import reverse
+
+from fieldlink.accounts.models import Role, User
+from fieldlink.audit.models import AuditEntry
+from tests.security.tenancy import (
+    MUTATING,
+    OBJECT_OF,
+    ROLES,
+    UI_PARAMS,
+    ApiRoute,
+    Tenant,
+    UiUrl,
+    api_routes,
+    build_tenant,
+    ui_urls_with_ids,
+)
+from tests.security.test_tenant_isolation import _body_for, _call, _client_of
+
+pytestmark = [pytest.mark.django_db]
+
+RANK = {role: len(ROLES) - i for i, role in enumerate(ROLES)}  # owner 4 … viewer 1
+
+MIN_ROLE: dict[str, Role] = {
+    "PATCH /api/v1/orgs/{org_id}": Role.ADMIN,
+    "DELETE /api/v1/orgs/{org_id}/members/{membership_id}": Role.ADMIN,
+    "PATCH /api/v1/orgs/{org_id}/members/{membership_id}": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/invitations": Role.ADMIN,
+    "DELETE /api/v1/orgs/{org_id}/invitations/{invitation_id}": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/transfer-ownership": Role.OWNER,
+    "POST /api/v1/orgs/{org_id}/deletion": Role.OWNER,
+    "DELETE /api/v1/orgs/{org_id}/deletion": Role.OWNER,
+    "POST /api/v1/orgs/{org_id}/exports": Role.ADMIN,
+}
+
+# Page actions (POST) under /orgs/<org_id>/…, by URL name.
+UI_MIN_ROLE: dict[str, Role] = {
+    "orgs:member-role": Role.ADMIN,
+    "orgs:member-remove": Role.ADMIN,
+    "orgs:member-transfer": Role.OWNER,
+    "orgs:invite": Role.ADMIN,
+    "orgs:invitation-revoke": Role.ADMIN,
+    "orgs:exports": Role.ADMIN,
+}
+# Pages under /orgs/<org_id>/ that only read (GET) — or whose POST is governed by a form
+# checked per field (settings: rename is admin, deletion is owner; tested in their own tests).
+UI_READ_PAGES: dict[str, Role] = {
+    "orgs:detail": Role.VIEWER,
+    "orgs:members": Role.VIEWER,
+    "orgs:settings": Role.VIEWER,
+    "orgs:export-download": Role.ADMIN,
+    "audit:trail": Role.ADMIN,
+}
+
+ROUTES = api_routes()
+ORG_MUTATIONS = [
+    r for r in ROUTES if r.method in MUTATING and r.path.startswith("/api/v1/orgs/{org_id}")
+]
+ORG_UI = [url for url in ui_urls_with_ids() if "org_id" in url.kwargs]
+
+
+def _key(route: ApiRoute) -> str:
+    return f"{route.method.upper()} {route.path}"
+
+
+def test_every_mutating_route_has_a_role() -> None:
+    missing = [str(r) for r in ORG_MUTATIONS if _key(r) not in MIN_ROLE]
+    stale = sorted(set(MIN_ROLE) - {_key(r) for r in ORG_MUTATIONS})
+    assert not missing, f"mutating operations without a minimum role: {missing}"
+    assert not stale, f"MIN_ROLE names operations that no longer exist: {stale}"
+    missing_ui = [u.name for u in ORG_UI if u.name not in UI_MIN_ROLE | UI_READ_PAGES]
+    assert not missing_ui, f"organisation pages without a minimum role: {missing_ui}"
+    assert len(ORG_MUTATIONS) >= 8
+
+
+@pytest.fixture
+def tenant(make_user: Callable[..., User]) -> Tenant:
+    return build_tenant(make_user, "r")
+
+
+def _cases() -> list[tuple[ApiRoute, Role]]:
+    return [(route, role) for route in ORG_MUTATIONS for role in ROLES]
+
+
+@pytest.mark.parametrize(
+    ("route", "role"), _cases(), ids=[f"{r}-as-{role}" for r, role in _cases()]
+)
+def test_role_matrix_api(route: ApiRoute, role: Role, tenant: Tenant) -> None:
+    minimum = MIN_ROLE.get(_key(route))
+    if minimum is None:
+        pytest.fail(f"{route} has no minimum role (see test_every_mutating_route_has_a_role)")
+    values = {p: OBJECT_OF[p](tenant, route.path) for p in route.params}
+    entries_before = AuditEntry.objects.count()
+    response = _call(
+        _client_of(tenant.users[role]), route.method, route.url(values), _body_for(route, tenant)
+    )
+    body: Any = response.json() if response.content else {}
+    if RANK[role] >= RANK[minimum]:
+        assert response.status_code not in {401, 403, 404}, (
+            f"{route} as {role}: {response.status_code} {body}"
+        )
+    else:
+        assert response.status_code == 403, f"{route} as {role}: {response.status_code} {body}"
+        assert body["code"] == "permission_denied"
+        assert AuditEntry.objects.count() == entries_before, "a refused change left a trace"
+
+
+def _ui_cases() -> list[tuple[UiUrl, Role]]:
+    return [(url, role) for url in ORG_UI if url.name in UI_MIN_ROLE for role in ROLES]
+
+
+@pytest.mark.parametrize(
+    ("url", "role"), _ui_cases(), ids=[f"{u}-as-{role}" for u, role in _ui_cases()]
+)
+def test_role_matrix_pages(url: UiUrl, role: Role, tenant: Tenant) -> None:
+    minimum = UI_MIN_ROLE[url.name]
+    path = reverse(url.name, kwargs={kw: UI_PARAMS[kw](tenant, url.name) for kw in url.kwargs})
+    data = {"role": "engineer", "email": "new@example.com", "kind": "complete", "confirm": "yes"}
+    entries_before = AuditEntry.objects.count()
+    response = _client_of(tenant.users[role]).post(path, data)
+    if RANK[role] >= RANK[minimum]:
+        assert response.status_code not in {403, 404}, f"{url} as {role}: {response.status_code}"
+    else:
+        assert response.status_code == 403, f"{url} as {role}: {response.status_code}"
+        assert AuditEntry.objects.count() == entries_before
+
+
+@pytest.mark.parametrize(
+    ("name", "minimum"), sorted(UI_READ_PAGES.items()), ids=sorted(UI_READ_PAGES)
+)
+def test_role_matrix_read_pages(name: str, minimum: Role, tenant: Tenant) -> None:
+    url = next((u for u in ORG_UI if u.name == name), None)
+    assert url is not None, f"{name} is no longer a page; update UI_READ_PAGES"
+    path = reverse(name, kwargs={kw: UI_PARAMS[kw](tenant, name) for kw in url.kwargs})
+    for role in ROLES:
+        response = _client_of(tenant.users[role]).get(path)
+        if RANK[role] >= RANK[minimum]:
+            assert response.status_code not in {403, 404}, f"{name} as {role}"
+        else:
+            assert response.status_code == 403, f"{name} as {role}: {response.status_code}"
