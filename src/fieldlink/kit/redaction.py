@@ -16,7 +16,8 @@ Fieldlink key shapes (a prefix, then at least 16 URL-safe characters):
 * ``flk_`` — personal API keys,
 * ``fld_`` — device credentials,
 * ``fle_`` — one-time enrollment codes,
-* ``fli_`` — organisation invitation tokens.
+* ``fli_`` — organisation invitation tokens,
+* ``flw_`` — webhook signing secrets.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ __all__ = [
 
 REDACTED: Final = "[REDACTED]"
 
-FIELDLINK_KEY_PREFIXES: Final = ("flk_", "fld_", "fle_", "fli_")
+FIELDLINK_KEY_PREFIXES: Final = ("flk_", "fld_", "fle_", "fli_", "flw_")
 
 # Matched anywhere in the key once case, separators and camelCase humps are removed, so
 # "X-API-Key", "apiKey" and "HTTP_AUTHORIZATION" all hit.
@@ -159,7 +160,7 @@ _PEM_PRIVATE_KEY = re.compile(
     re.DOTALL,
 )
 _AUTH_SCHEME = re.compile(r"(?<![\w-])(?:bearer|basic)[ \t]+(?P<cred>[A-Za-z0-9._~+/=-]+)", re.I)
-_FIELDLINK_KEY = re.compile(r"(?<![A-Za-z0-9])fl[kdei]_(?P<secret>[A-Za-z0-9_-]{16,})")
+_FIELDLINK_KEY = re.compile(r"(?<![A-Za-z0-9])fl[kdeiw]_(?P<secret>[A-Za-z0-9_-]{16,})")
 _STRIPE_KEY = re.compile(
     r"(?<![A-Za-z0-9])(?:(?:sk|rk)_(?:live|test)_|whsec_)(?P<secret>[A-Za-z0-9+/=]{8,})"
 )
