@@ -31,6 +31,8 @@ from fieldlink.accounts.models import (
     User,
 )
 from fieldlink.cloud.api import api
+from fieldlink.devices.credentials import digest
+from fieldlink.devices.models import Area, Asset, EdgeDevice, MeasuringPoint, Site
 
 MUTATING = frozenset({"post", "put", "patch", "delete"})
 ROLES = (Role.OWNER, Role.ADMIN, Role.ENGINEER, Role.VIEWER)
@@ -47,11 +49,24 @@ class Tenant:
     personal_export_id: str = ""
     api_key_id: str = ""
     authenticator_id: str = ""
+    # The plant (issue 5): a site with an asset and a measuring point.
+    site_id: str = ""
+    asset_id: str = ""
+    asset_tag: str = ""
+    point_id: str = ""
+    area_id: str = ""
+    device_id: str = ""
 
     @property
     def markers(self) -> list[str]:
         """Strings that only this tenant's data contains: none may appear in another's view."""
-        return [self.org.name, str(self.org.pk), *(u.email for u in self.users.values())]
+        plant = [self.asset_tag] if self.asset_tag else []
+        return [
+            self.org.name,
+            str(self.org.pk),
+            *(u.email for u in self.users.values()),
+            *plant,
+        ]
 
 
 def build_tenant(make_user: Callable[..., User], label: str) -> Tenant:
@@ -96,7 +111,26 @@ def build_tenant(make_user: Callable[..., User], label: str) -> Tenant:
             organisation=None, requested_by=owner, kind=ExportKind.COMPLETE, **ready
         ).pk
     )
+    _build_plant(tenant, label)
     return tenant
+
+
+def _build_plant(tenant: Tenant, label: str) -> None:
+    site = Site.objects.create(organisation=tenant.org, name=f"Site {label.upper()}")
+    asset = Asset.objects.create(
+        organisation=tenant.org, site=site, tag=f"TAG-ZETA{label.upper()}-77"
+    )
+    point = MeasuringPoint.objects.create(
+        organisation=tenant.org, asset=asset, key="volume_flow", unit="m3/h"
+    )
+    tenant.site_id, tenant.asset_id, tenant.asset_tag = str(site.pk), str(asset.pk), asset.tag
+    tenant.point_id = str(point.pk)
+    area = Area.objects.create(organisation=tenant.org, site=site, name=f"Hall {label.upper()}")
+    device = EdgeDevice.objects.create(
+        organisation=tenant.org, name=f"Edge {label.upper()}", credential_digest=digest(label)
+    )
+    device.assets.add(asset)
+    tenant.area_id, tenant.device_id = str(area.pk), str(device.pk)
 
 
 # -- which object of a tenant each path parameter names ----------------------------------------
@@ -109,6 +143,11 @@ OBJECT_OF: dict[str, Callable[[Tenant, str], str]] = {
     "invitation_id": lambda t, path: t.invitation_id,
     "key_id": lambda t, path: t.api_key_id,
     "export_id": lambda t, path: t.personal_export_id if "/me/" in path else t.org_export_id,
+    "asset_id": lambda t, path: t.asset_id,
+    "point_id": lambda t, path: t.point_id,
+    "site_id": lambda t, path: t.site_id,
+    "area_id": lambda t, path: t.area_id,
+    "device_id": lambda t, path: t.device_id,
 }
 
 _PARAM = re.compile(r"{(\w+)}")
@@ -164,6 +203,11 @@ UI_PARAMS: dict[str, Callable[[Tenant, str], str]] = {
     ),
     # allauth's passkey pages (mfa_edit_webauthn, mfa_remove_webauthn): the user's own objects.
     "pk": lambda t, name: t.authenticator_id,
+    "asset_id": lambda t, name: t.asset_id,
+    "site_id": lambda t, name: t.site_id,
+    "area_id": lambda t, name: t.area_id,
+    "point_id": lambda t, name: t.point_id,
+    "device_id": lambda t, name: t.device_id,
 }
 
 # URL kwargs that do not name a tenant's object, with the reason they are outside the matrix.

@@ -44,6 +44,25 @@ MIN_ROLE: dict[str, Role] = {
     "POST /api/v1/orgs/{org_id}/deletion": Role.OWNER,
     "DELETE /api/v1/orgs/{org_id}/deletion": Role.OWNER,
     "POST /api/v1/orgs/{org_id}/exports": Role.ADMIN,
+    # The plant (issue 5): configuring it is data.configure (engineer and above).
+    "POST /api/v1/orgs/{org_id}/sites": Role.ENGINEER,
+    "PATCH /api/v1/orgs/{org_id}/sites/{site_id}": Role.ENGINEER,
+    "DELETE /api/v1/orgs/{org_id}/sites/{site_id}": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/areas": Role.ENGINEER,
+    "PATCH /api/v1/orgs/{org_id}/areas/{area_id}": Role.ENGINEER,
+    "DELETE /api/v1/orgs/{org_id}/areas/{area_id}": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/assets": Role.ENGINEER,
+    "PATCH /api/v1/orgs/{org_id}/assets/{asset_id}": Role.ENGINEER,
+    "DELETE /api/v1/orgs/{org_id}/assets/{asset_id}": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/assets/{asset_id}/health": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/assets/{asset_id}/points": Role.ENGINEER,
+    "PATCH /api/v1/orgs/{org_id}/points/{point_id}": Role.ENGINEER,
+    "DELETE /api/v1/orgs/{org_id}/points/{point_id}": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/devices": Role.ENGINEER,
+    "PATCH /api/v1/orgs/{org_id}/devices/{device_id}": Role.ENGINEER,
+    "DELETE /api/v1/orgs/{org_id}/devices/{device_id}": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/devices/{device_id}/enrollment-code": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/devices/{device_id}/rotate-credential": Role.ENGINEER,
 }
 
 # Page actions (POST) under /orgs/<org_id>/…, by URL name.
@@ -54,6 +73,25 @@ UI_MIN_ROLE: dict[str, Role] = {
     "orgs:invite": Role.ADMIN,
     "orgs:invitation-revoke": Role.ADMIN,
     "orgs:exports": Role.ADMIN,
+    # The plant (issue 5): every change is data.configure.
+    "plant:site-add": Role.ENGINEER,
+    "plant:site-update": Role.ENGINEER,
+    "plant:site-delete": Role.ENGINEER,
+    "plant:area-add": Role.ENGINEER,
+    "plant:area-update": Role.ENGINEER,
+    "plant:area-delete": Role.ENGINEER,
+    "plant:asset-add": Role.ENGINEER,
+    "plant:asset-update": Role.ENGINEER,
+    "plant:asset-delete": Role.ENGINEER,
+    "plant:asset-health": Role.ENGINEER,
+    "plant:point-add": Role.ENGINEER,
+    "plant:point-update": Role.ENGINEER,
+    "plant:point-delete": Role.ENGINEER,
+    "plant:device-add": Role.ENGINEER,
+    "plant:device-update": Role.ENGINEER,
+    "plant:device-revoke": Role.ENGINEER,
+    "plant:device-code": Role.ENGINEER,
+    "plant:device-rotate": Role.ENGINEER,
 }
 # Pages under /orgs/<org_id>/ that only read (GET) — or whose POST is governed by a form
 # checked per field (settings: rename is admin, deletion is owner; tested in their own tests).
@@ -63,6 +101,13 @@ UI_READ_PAGES: dict[str, Role] = {
     "orgs:settings": Role.VIEWER,
     "orgs:export-download": Role.ADMIN,
     "audit:trail": Role.ADMIN,
+    # The plant: readable by all; the site and area pages are edit forms.
+    "plant:hierarchy": Role.VIEWER,
+    "plant:site": Role.ENGINEER,
+    "plant:area": Role.ENGINEER,
+    "plant:asset": Role.VIEWER,
+    "plant:devices": Role.VIEWER,
+    "plant:device": Role.VIEWER,
 }
 
 ROUTES = api_routes()

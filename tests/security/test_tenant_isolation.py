@@ -48,6 +48,18 @@ BODY: dict[str, dict[str, Any]] = {
     "POST /api/v1/me/exports": {},
     "POST /api/v1/invitations/preview": {"token": "fli_" + "x" * 43},
     "POST /api/v1/invitations/accept": {"token": "fli_" + "x" * 43},
+    # The plant (issue 5)
+    "POST /api/v1/orgs/{org_id}/sites": {"name": "North works"},
+    "PATCH /api/v1/orgs/{org_id}/sites/{site_id}": {"description": "Renamed"},
+    "POST /api/v1/orgs/{org_id}/areas": {"site_id": "<site_id>", "name": "Hall 9"},
+    "PATCH /api/v1/orgs/{org_id}/areas/{area_id}": {"name": "Hall 10"},
+    "POST /api/v1/orgs/{org_id}/assets": {"tag": "FIT-900", "site_id": "<site_id>"},
+    "PATCH /api/v1/orgs/{org_id}/assets/{asset_id}": {"serial_number": "SN-1"},
+    "POST /api/v1/orgs/{org_id}/assets/{asset_id}/health": {"health": "maintenance_required"},
+    "POST /api/v1/orgs/{org_id}/assets/{asset_id}/points": {"key": "pressure", "unit": "bar"},
+    "PATCH /api/v1/orgs/{org_id}/points/{point_id}": {"description": "Main flow"},
+    "POST /api/v1/orgs/{org_id}/devices": {"name": "Edge 9"},
+    "PATCH /api/v1/orgs/{org_id}/devices/{device_id}": {"name": "Edge 10"},
 }
 
 

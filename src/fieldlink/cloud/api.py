@@ -43,7 +43,7 @@ install_api_error_handlers(api)
 api.add_router("/ops", ops_router)
 api.add_router("", accounts_router)
 api.add_router("", organisations_router)
-api.add_router("/devices", devices_router)
+api.add_router("", devices_router)  # /units, /orgs/{org_id}/sites|areas|assets|points|devices
 api.add_router("/telemetry", telemetry_router)
 api.add_router("/updates", updates_router)
 api.add_router("/support", support_router)

@@ -24,6 +24,7 @@ urlpatterns = [
     path("me/", include("fieldlink.accounts.urls")),
     path("orgs/", include("fieldlink.accounts.org_urls")),
     path("orgs/<uuid:org_id>/audit/", include("fieldlink.audit.urls")),
+    path("orgs/<uuid:org_id>/plant/", include("fieldlink.devices.urls")),
     path("invitations/<str:token>/", accounts_views.invitation, name="invitation"),
     path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", api.urls),

@@ -53,6 +53,7 @@ def org_subnav(context: template.Context, scope: Scope) -> dict[str, Any]:
         ("Overview", overview),
         ("Members", reverse("orgs:members", kwargs={"org_id": org_id})),
     ]
+    links.insert(-1, ("Plant", _url("plant:hierarchy", org_id, overview + "plant/")))
     # Shown by role, not by the deletion state: both stay readable while deletion is pending.
     if Permission.AUDIT_VIEW in scope.permissions:
         links.append(("Audit", _url("audit:list", org_id, overview + "audit/")))
