@@ -173,7 +173,9 @@ def colleague_accepts(phone: OrgPhone, link: str, org_id: str, org_name: str, ow
     expect(page.locator(".org-head .badge")).to_have_text("Engineer")
     # An engineer gets no audit or export links, and no management buttons.
     subnav = page.locator("nav.subnav")
-    expect(subnav.get_by_role("link")).to_have_text(["Overview", "Plant", "Members", "Settings"])
+    expect(subnav.get_by_role("link")).to_have_text(
+        ["Overview", "Assets", "Alarms", "Plant", "Members", "Settings"]
+    )
     phone.shot("05-joined")
 
 

@@ -33,6 +33,7 @@ from fieldlink.accounts.models import (
 from fieldlink.cloud.api import api
 from fieldlink.devices.credentials import digest
 from fieldlink.devices.models import Area, Asset, EdgeDevice, MeasuringPoint, Site
+from fieldlink.telemetry.models import Alarm, AlarmKind, Threshold
 
 MUTATING = frozenset({"post", "put", "patch", "delete"})
 ROLES = (Role.OWNER, Role.ADMIN, Role.ENGINEER, Role.VIEWER)
@@ -56,6 +57,7 @@ class Tenant:
     point_id: str = ""
     area_id: str = ""
     device_id: str = ""
+    alarm_id: str = ""
 
     @property
     def markers(self) -> list[str]:
@@ -131,6 +133,18 @@ def _build_plant(tenant: Tenant, label: str) -> None:
     )
     device.assets.add(asset)
     tenant.area_id, tenant.device_id = str(area.pk), str(device.pk)
+    alarm = Alarm.objects.create(
+        organisation=tenant.org,
+        asset=asset,
+        point=point,
+        kind=AlarmKind.LIMIT,
+        level="high",
+        severity="warning",
+        message=f"{asset.tag}/volume_flow high",
+        raised_at=timezone.now(),
+    )
+    tenant.alarm_id = str(alarm.pk)
+    Threshold.objects.create(point=point, organisation=tenant.org, high=100.0)
 
 
 # -- which object of a tenant each path parameter names ----------------------------------------
@@ -145,6 +159,7 @@ OBJECT_OF: dict[str, Callable[[Tenant, str], str]] = {
     "export_id": lambda t, path: t.personal_export_id if "/me/" in path else t.org_export_id,
     "asset_id": lambda t, path: t.asset_id,
     "point_id": lambda t, path: t.point_id,
+    "alarm_id": lambda t, path: t.alarm_id,
     "site_id": lambda t, path: t.site_id,
     "area_id": lambda t, path: t.area_id,
     "device_id": lambda t, path: t.device_id,
@@ -207,6 +222,7 @@ UI_PARAMS: dict[str, Callable[[Tenant, str], str]] = {
     "site_id": lambda t, name: t.site_id,
     "area_id": lambda t, name: t.area_id,
     "point_id": lambda t, name: t.point_id,
+    "alarm_id": lambda t, name: t.alarm_id,
     "device_id": lambda t, name: t.device_id,
 }
 

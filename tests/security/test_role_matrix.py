@@ -63,6 +63,10 @@ MIN_ROLE: dict[str, Role] = {
     "DELETE /api/v1/orgs/{org_id}/devices/{device_id}": Role.ENGINEER,
     "POST /api/v1/orgs/{org_id}/devices/{device_id}/enrollment-code": Role.ENGINEER,
     "POST /api/v1/orgs/{org_id}/devices/{device_id}/rotate-credential": Role.ENGINEER,
+    # Alarms: engineers set limits; every member may acknowledge (issue 5).
+    "PUT /api/v1/orgs/{org_id}/points/{point_id}/thresholds": Role.ENGINEER,
+    "DELETE /api/v1/orgs/{org_id}/points/{point_id}/thresholds": Role.ENGINEER,
+    "POST /api/v1/orgs/{org_id}/alarms/{alarm_id}/acknowledge": Role.VIEWER,
 }
 
 # Page actions (POST) under /orgs/<org_id>/…, by URL name.
@@ -92,6 +96,7 @@ UI_MIN_ROLE: dict[str, Role] = {
     "plant:device-revoke": Role.ENGINEER,
     "plant:device-code": Role.ENGINEER,
     "plant:device-rotate": Role.ENGINEER,
+    "alarms:acknowledge": Role.VIEWER,
 }
 # Pages under /orgs/<org_id>/ that only read (GET) — or whose POST is governed by a form
 # checked per field (settings: rename is admin, deletion is owner; tested in their own tests).
@@ -101,6 +106,8 @@ UI_READ_PAGES: dict[str, Role] = {
     "orgs:settings": Role.VIEWER,
     "orgs:export-download": Role.ADMIN,
     "audit:trail": Role.ADMIN,
+    "assets:list": Role.VIEWER,
+    "assets:detail": Role.VIEWER,
     # The plant: readable by all; the site and area pages are edit forms.
     "plant:hierarchy": Role.VIEWER,
     "plant:site": Role.ENGINEER,
@@ -108,6 +115,10 @@ UI_READ_PAGES: dict[str, Role] = {
     "plant:asset": Role.VIEWER,
     "plant:devices": Role.VIEWER,
     "plant:device": Role.VIEWER,
+    "alarms:list": Role.VIEWER,
+    "alarms:detail": Role.VIEWER,
+    # Readable by all; its POST needs data.configure (tested in tests/telemetry/test_alarm_web).
+    "alarms:limits": Role.VIEWER,
 }
 
 ROUTES = api_routes()

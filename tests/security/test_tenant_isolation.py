@@ -58,6 +58,7 @@ BODY: dict[str, dict[str, Any]] = {
     "POST /api/v1/orgs/{org_id}/assets/{asset_id}/health": {"health": "maintenance_required"},
     "POST /api/v1/orgs/{org_id}/assets/{asset_id}/points": {"key": "pressure", "unit": "bar"},
     "PATCH /api/v1/orgs/{org_id}/points/{point_id}": {"description": "Main flow"},
+    "PUT /api/v1/orgs/{org_id}/points/{point_id}/thresholds": {"high": 80.0},
     "POST /api/v1/orgs/{org_id}/devices": {"name": "Edge 9"},
     "PATCH /api/v1/orgs/{org_id}/devices/{device_id}": {"name": "Edge 10"},
 }

@@ -55,10 +55,14 @@ class Permission(enum.StrEnum):
     EXPORT_REQUEST = "export.request"
     ORG_DELETE = "org.delete"  # request and cancel deletion
     OWNERSHIP_TRANSFER = "ownership.transfer"
+    # Acknowledge alarms and choose one's own alarm e-mails. Every member may: the operator on
+    # shift who sees an alarm is often a viewer, and acknowledging changes no configuration.
+    ALARMS_RESPOND = "alarms.respond"
 
 
 _VIEWER: Final = frozenset({Permission.ORG_VIEW, Permission.DATA_VIEW, Permission.MEMBERS_VIEW})
-_ENGINEER: Final = _VIEWER | {Permission.DATA_CONFIGURE}
+_MEMBER: Final = _VIEWER | {Permission.ALARMS_RESPOND}
+_ENGINEER: Final = _MEMBER | {Permission.DATA_CONFIGURE}
 _ADMIN: Final = _ENGINEER | {
     Permission.MEMBERS_MANAGE,
     Permission.ORG_SETTINGS,
@@ -68,7 +72,7 @@ _ADMIN: Final = _ENGINEER | {
 _OWNER: Final = _ADMIN | {Permission.ORG_DELETE, Permission.OWNERSHIP_TRANSFER}
 
 ROLE_PERMISSIONS: Final[dict[Role, frozenset[Permission]]] = {
-    Role.VIEWER: _VIEWER,
+    Role.VIEWER: _MEMBER,
     Role.ENGINEER: _ENGINEER,
     Role.ADMIN: _ADMIN,
     Role.OWNER: _OWNER,

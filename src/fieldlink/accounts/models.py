@@ -205,6 +205,8 @@ class Organisation(models.Model):
     deletion_requested_by = models.ForeignKey(
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Raw telemetry older than this is deleted by the retention task (telemetry.tasks).
+    raw_retention_days = models.PositiveIntegerField(default=365)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]

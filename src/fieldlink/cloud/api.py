@@ -13,7 +13,10 @@ from fieldlink.cloud.errors import install_api_error_handlers
 from fieldlink.devices.api import router as devices_router
 from fieldlink.ops.api import router as ops_router
 from fieldlink.support.api import router as support_router
+from fieldlink.telemetry.alarm_api import router as alarm_router
+from fieldlink.telemetry.api import orgs_router as telemetry_orgs_router
 from fieldlink.telemetry.api import router as telemetry_router
+from fieldlink.telemetry.webhook_api import router as webhook_router
 from fieldlink.updates.api import router as updates_router
 
 API_DESCRIPTION = """\
@@ -49,3 +52,6 @@ api.add_router("/updates", updates_router)
 api.add_router("/support", support_router)
 api.add_router("/billing", billing_router)
 api.add_router("", audit_router)  # /orgs/{org_id}/audit…
+api.add_router("", telemetry_orgs_router)  # /orgs/{org_id}/assets/…/latest, /points/…, /overview
+api.add_router("", alarm_router)  # /orgs/{org_id}/alarms…, /orgs/{org_id}/points/{id}/thresholds
+api.add_router("", webhook_router)  # /orgs/{org_id}/webhooks…, /orgs/{org_id}/alarm-emails

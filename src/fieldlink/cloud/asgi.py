@@ -9,7 +9,7 @@ import django
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
-from fieldlink.cloud.guards import ASGIApp, RequestGuard
+from fieldlink.cloud.guards import ASGIApp, Receive, RequestGuard, Scope, Send, baseline_headers
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fieldlink.cloud.django_settings")
 
@@ -18,7 +18,19 @@ def build_application() -> ASGIApp:
     django.setup(set_prefix=False)
     # Django's stubs type ASGI messages as Mapping, ours as MutableMapping; the protocol is one.
     django_app = cast("ASGIApp", ASGIHandler())
-    return RequestGuard(django_app, max_body_bytes=settings.FIELDLINK.max_body_bytes)
+    from fieldlink.telemetry.edge_app import PREFIX, EdgeApp  # noqa: PLC0415 - after setup()
+
+    # The edge endpoints skip Django's request machinery (measured: docs/benchmarks.md) but
+    # stay behind the same guard: body cap, refused methods; HTTPS-only is checked in EdgeApp.
+    edge_app = EdgeApp(headers=baseline_headers)
+
+    async def route(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
+            await edge_app(scope, receive, send)
+        else:
+            await django_app(scope, receive, send)
+
+    return RequestGuard(route, max_body_bytes=settings.FIELDLINK.max_body_bytes)
 
 
 application = build_application()

@@ -5,3 +5,15 @@ class TelemetryConfig(AppConfig):
     name = "fieldlink.telemetry"
     label = "telemetry"
     verbose_name = "Telemetry"
+
+    def ready(self) -> None:
+        # Alarms follow the data: stored batches and health changes are evaluated inside the
+        # transaction that stored them (see alarm_services). Registered once per process.
+        from fieldlink.devices.services import HEALTH_CHANGE_HOOKS  # noqa: PLC0415
+        from fieldlink.telemetry import alarm_services  # noqa: PLC0415
+        from fieldlink.telemetry.ingest import INGEST_HOOKS  # noqa: PLC0415
+
+        if alarm_services.on_samples not in INGEST_HOOKS:
+            INGEST_HOOKS.append(alarm_services.on_samples)
+        if alarm_services.on_health_change not in HEALTH_CHANGE_HOOKS:
+            HEALTH_CHANGE_HOOKS.append(alarm_services.on_health_change)

@@ -1,1 +1,27 @@
 """Errors of the telemetry context, each with a stable code (root: fieldlink.kit.errors)."""
+
+from __future__ import annotations
+
+from fieldlink.kit.errors import FieldlinkError
+
+
+class PointUnknownError(FieldlinkError):
+    """A value for a point this device may not write: unknown, another tenant's, or not served.
+
+    One code for all three, so a device learns nothing about points outside its own assets.
+    """
+
+    code = "point_unknown"
+    kind = "invalid"
+
+
+class TelemetryUnavailableError(FieldlinkError):
+    code = "rate_limit_unavailable"
+    kind = "unavailable"
+
+
+class ThresholdsInvalidError(FieldlinkError):
+    """A limit set that cannot be evaluated unambiguously; ``details.field`` names the culprit."""
+
+    code = "thresholds_invalid"
+    kind = "invalid"
