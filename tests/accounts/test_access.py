@@ -48,11 +48,12 @@ WRITES = frozenset(Permission) - READ_ONLY
 
 # The table as the issue and docs/ describe it, written out rather than derived from the code.
 DOCUMENTED = {
-    Role.VIEWER: {"org.view", "data.view", "members.view"},
-    Role.ENGINEER: {"org.view", "data.view", "members.view", "data.configure"},
+    Role.VIEWER: {"org.view", "data.view", "members.view", "alarms.respond"},
+    Role.ENGINEER: {"org.view", "data.view", "members.view", "alarms.respond", "data.configure"},
     Role.ADMIN: {
         "org.view",
         "data.view",
+        "alarms.respond",
         "members.view",
         "data.configure",
         "members.manage",
@@ -63,6 +64,7 @@ DOCUMENTED = {
     Role.OWNER: {
         "org.view",
         "data.view",
+        "alarms.respond",
         "members.view",
         "data.configure",
         "members.manage",
@@ -262,8 +264,9 @@ def test_read_only_key_of_a_viewer_is_still_only_a_viewer(make_user: MakeUser) -
     join(org, viewer, Role.VIEWER)
     key = _key(viewer, ApiKeyScope.READ)
     scope = access.resolve(Principal(viewer, "api_key", key), org.organisation.pk)
-    # A key never adds what its user lacks (audit.view is in READ_ONLY, not the viewer's role).
-    assert scope.permissions == ROLE_PERMISSIONS[Role.VIEWER]
+    # A key never adds what its user lacks (audit.view is in READ_ONLY, not the viewer's role),
+    # and a read-only key cannot acknowledge alarms (alarms.respond changes state).
+    assert scope.permissions == ROLE_PERMISSIONS[Role.VIEWER] - {Permission.ALARMS_RESPOND}
 
 
 # -- pending deletion -----------------------------------------------------------------------------

@@ -146,7 +146,8 @@ class Phone:
         self.page.screenshot(path=str(path), full_page=True)
 
     def path(self) -> str:
-        return "/" + self.page.url.split("/", 3)[3]
+        parts = self.page.url.split("/", 3)  # a new tab is at "about:blank": no path yet
+        return "/" + parts[3] if len(parts) > 3 else ""
 
     def small_touch_targets(self) -> list[str]:
         # Text fields, selects and buttons: 44 CSS px high at least (WCAG 2.5.5).

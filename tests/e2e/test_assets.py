@@ -9,7 +9,6 @@ or console errors, no horizontal scroll. Screenshots: ``test-artifacts/assets-ph
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -24,15 +23,7 @@ from tests.e2e.test_accounts import open_device, sign_in_with_password, strong_p
 from tests.e2e.test_organisations import PHONE_OPTIONS, OrgPhone, make_users
 from tests.support.server import RunningServer
 
-pytestmark = [
-    pytest.mark.e2e,
-    # The storage engine (issue 5) is written alongside these pages; the server's database is
-    # filled through it, so without it there is nothing to chart.
-    pytest.mark.skipif(
-        importlib.util.find_spec("fieldlink.telemetry.storage") is None,
-        reason="fieldlink.telemetry.storage is not there yet",
-    ),
-]
+pytestmark = [pytest.mark.e2e]
 
 _MAKE_PLANT = """
 import json, sys, time
@@ -143,3 +134,25 @@ def test_asset_page_on_a_phone_charts_and_updates_live(
     expect(flow.locator('[data-field="value"]')).to_have_text("987.25", timeout=15_000)
     phone.settle()
     phone.shot("03-live")
+
+    # Limits below the present value: the alarm opens at once; the operator acknowledges it.
+    flow.get_by_role("link", name="Limits").click()
+    page.wait_for_url(f"**/orgs/{ids['org']}/alarms/limits/{ids['flow']}/")
+    page.get_by_label("High", exact=True).fill("500")
+    page.get_by_label("Hysteresis").fill("5")
+    phone.shot("04-limits")
+    page.get_by_role("button", name="Save limits").click()
+    page.wait_for_url(f"**/orgs/{ids['org']}/assets/{ids['asset']}/")
+    page.get_by_role("link", name="Alarms", exact=True).click()
+    page.wait_for_url(f"**/orgs/{ids['org']}/alarms/")
+    alarm = page.locator(".alarm-card", has_text="FIT-101/volume_flow high: 987.25")
+    expect(alarm).to_contain_text("Open")
+    expect(page.locator("#alarm-counts")).to_contain_text("1 open")
+    phone.settle()
+    phone.shot("05-alarms")
+    alarm.get_by_role("button", name="Acknowledge").click()
+    page.wait_for_url(f"**/orgs/{ids['org']}/alarms/")
+    expect(alarm).to_contain_text("Acknowledged by")
+    expect(page.locator("#alarm-counts")).to_contain_text("0 open · 1 acknowledged")
+    phone.settle()
+    phone.shot("06-acknowledged")
