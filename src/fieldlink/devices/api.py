@@ -43,6 +43,9 @@ class SiteIn(StrictInput):
 class SitePatch(StrictInput):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     description: str | None = Field(default=None, max_length=500)
+    hidden: bool | None = Field(
+        default=None, description="Hide from the operators' asset list (values are still kept)"
+    )
 
 
 class SiteOut(Schema):
@@ -125,6 +128,8 @@ class AssetOut(Schema):
     description: str
     created_at: datetime
     health: HealthOut
+    hidden: bool
+    edge_ref: str = Field(description="The name the edge device uses for it (discovered assets)")
 
 
 class AssetDetailOut(AssetOut):
@@ -262,6 +267,8 @@ def _asset_fields(asset: Asset) -> dict[str, Any]:
         "firmware_version": asset.firmware_version,
         "description": asset.description,
         "created_at": asset.created_at,
+        "hidden": asset.hidden,
+        "edge_ref": asset.edge_ref,
         "health": HealthOut(
             status=Health(asset.health),
             code=asset.health_code,

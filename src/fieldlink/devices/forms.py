@@ -75,6 +75,11 @@ class AssetForm(_PlantForm):
     serial_number = forms.CharField(max_length=100, required=False, strip=True)
     firmware_version = forms.CharField(max_length=50, required=False, strip=True)
     description = forms.CharField(max_length=500, required=False, strip=True)
+    hidden = forms.BooleanField(
+        required=False,
+        label="Hidden",
+        help_text="Leave it out of the operators' asset list; its values are still stored.",
+    )
 
     TEXT = ("manufacturer", "product_code", "serial_number", "firmware_version", "description")
 

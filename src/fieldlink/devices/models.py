@@ -9,7 +9,8 @@ edge ingestion path, which starts from the device credential.
 from __future__ import annotations
 
 import uuid
-from typing import ClassVar
+from datetime import timedelta
+from typing import ClassVar, Final
 
 from django.db import models
 from django.utils import timezone
@@ -93,6 +94,13 @@ class Asset(models.Model):
     health_cause = models.CharField(max_length=500, blank=True)
     health_remedy = models.CharField(max_length=500, blank=True)
     health_changed_at = models.DateTimeField(null=True, blank=True)
+    # Discovery: the tag the edge device announced and still uses in its point names. An admin
+    # may rename the asset (``tag``) without breaking the device's uplink, or hide it.
+    edge_ref = models.CharField(max_length=64, blank=True)
+    discovered_by = models.ForeignKey(
+        "EdgeDevice", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    hidden = models.BooleanField(default=False)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["tag"]
@@ -150,6 +158,10 @@ class MeasuringPoint(models.Model):
         return f"{self.asset_id}/{self.key}"
 
 
+# An agent with nothing to send still reports its status at least once a minute.
+ONLINE_WINDOW: Final = timedelta(minutes=2)
+
+
 class EdgeDevice(models.Model):
     """An edge agent's record: its credential (hash only), the assets it serves, its uplink state.
 
@@ -180,6 +192,13 @@ class EdgeDevice(models.Model):
     desired_config_version = models.PositiveIntegerField(default=0)
     last_seen_at = models.DateTimeField(null=True, blank=True)
     last_seen_ip = models.CharField(max_length=45, blank=True)
+    # What the agent last said about itself (protocol AgentStatus), for the device page.
+    software_version = models.CharField(max_length=100, blank=True)
+    buffer_values = models.BigIntegerField(default=0)
+    buffer_oldest_age_s = models.BigIntegerField(default=0)
+    dropped_total = models.BigIntegerField(default=0)
+    last_error = models.CharField(max_length=300, blank=True)
+    status_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]
@@ -191,3 +210,34 @@ class EdgeDevice(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def online(self) -> bool:
+        """Seen within ``ONLINE_WINDOW``: agents post at least every few seconds when healthy."""
+        seen = self.last_seen_at
+        return seen is not None and timezone.now() - seen <= ONLINE_WINDOW
+
+
+class DataGap(models.Model):
+    """Values an edge device had to drop (its buffer was full), as it reported them.
+
+    Loss that cannot be avoided is shown, never silent: the device page and the asset charts
+    can say "no data here, and this is why".
+    """
+
+    organisation_lookup: ClassVar[str] = "organisation"
+
+    id = models.BigAutoField(primary_key=True)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    device = models.ForeignKey(EdgeDevice, on_delete=models.CASCADE, related_name="gaps")
+    from_ts = models.BigIntegerField()  # UTC ms
+    to_ts = models.BigIntegerField()
+    count = models.BigIntegerField()
+    reason = models.CharField(max_length=32)
+    reported_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering: ClassVar[list[str]] = ["-from_ts"]
+
+    def __str__(self) -> str:
+        return f"{self.count} values lost by {self.device_id}"

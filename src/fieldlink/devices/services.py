@@ -316,6 +316,7 @@ def _asset_fields(asset: Asset) -> dict[str, Any]:
         "tag": asset.tag,
         "site": str(asset.site_id),
         "area": str(asset.area_id) if asset.area_id else None,
+        "hidden": asset.hidden,
         **{name: getattr(asset, name) for name in ASSET_TEXT},
     }
 
@@ -406,7 +407,7 @@ def update_asset(
     request: HttpRequest | None = None,
 ) -> Asset:
     scope.require(Permission.DATA_CONFIGURE)
-    _unexpected(changes, {"tag", "site_id", "area_id", *ASSET_TEXT})
+    _unexpected(changes, {"tag", "site_id", "area_id", "hidden", *ASSET_TEXT})
     asset = scope.get(Asset.objects.select_for_update(), asset_id, what="asset")
     before = _asset_fields(asset)
     if "site_id" in changes or "area_id" in changes:
@@ -415,11 +416,13 @@ def update_asset(
         asset.site, asset.area = _placement(scope, site_id, area_id)
     if "tag" in changes:
         asset.tag = _require_text(changes["tag"], "tag", 64)
+    if "hidden" in changes:
+        asset.hidden = bool(changes["hidden"])
     for name, limit in ASSET_TEXT.items():
         if name in changes:
             setattr(asset, name, _require_text(changes[name], name, limit, required=False))
     if _asset_fields(asset) != before:
-        fields = ["tag", "site", "area", *ASSET_TEXT]
+        fields = ["tag", "site", "area", "hidden", *ASSET_TEXT]
         _save_unique(
             asset, "An asset with this tag already exists in this organisation.", fields=fields
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 from uuid import UUID
@@ -291,6 +292,7 @@ def _asset_values(form: AssetForm) -> dict[str, Any]:
         "tag": data["tag"],
         "site_id": data["site"],
         "area_id": _or_none(data["area"]),
+        "hidden": data["hidden"],
         **{name: data[name] for name in AssetForm.TEXT},
     }
 
@@ -301,6 +303,7 @@ def asset_add(request: HttpRequest, scope: Scope) -> HttpResponse:
     if not form.is_valid():
         return _hierarchy(request, scope, asset_form=form, status=422)
     values = _asset_values(form)
+    values.pop("hidden")  # a new asset is visible; hiding is for discovered ones
     asset = services.create_asset(
         scope,
         tag=values.pop("tag"),
@@ -330,6 +333,7 @@ def _asset_page(
             "tag": asset.tag,
             "site": str(asset.site_id),
             "area": str(asset.area_id or ""),
+            "hidden": asset.hidden,
             **{name: getattr(asset, name) for name in AssetForm.TEXT},
         }
         asset_form = AssetForm(initial=initial, **_asset_form_choices(scope))
@@ -507,6 +511,15 @@ def _device_page(
         {
             "device": device,
             "device_assets": list(device.assets.all()),
+            "gaps": [
+                {
+                    "count": gap.count,
+                    "reason": gap.reason,
+                    "from_at": datetime.fromtimestamp(gap.from_ts / 1000, tz=UTC),
+                    "to_at": datetime.fromtimestamp(gap.to_ts / 1000, tz=UTC),
+                }
+                for gap in device.gaps.all()[:20]
+            ],
             "form": form or DeviceForm(initial=initial, assets=_asset_choices(scope)),
             **_issued(request, issued),
         },

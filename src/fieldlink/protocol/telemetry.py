@@ -29,8 +29,10 @@ __all__ = [
     "QUALITY_GOOD",
     "QUALITY_UNCERTAIN",
     "Ack",
+    "AgentStatus",
     "Batch",
     "BatchRefused",
+    "Gap",
     "HealthReport",
     "Value",
     "decode_batch",
@@ -45,6 +47,8 @@ MAX_BODY_BYTES: Final = 2 * 1024 * 1024  # as sent (compressed or not)
 MAX_INFLATED_BYTES: Final = 8 * 1024 * 1024  # after gzip: a zip bomb stops here
 MAX_VALUES: Final = 10_000
 MAX_HEALTH: Final = 1_000
+MAX_GAPS: Final = 100
+MAX_STATUS_TEXT: Final = 300
 MAX_POINT_CHARS: Final = 130  # "<asset tag ≤ 64>/<point key ≤ 64>"
 MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_MS: Final = 5 * 60 * 1000
@@ -95,11 +99,32 @@ class HealthReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     remedy: str = ""
 
 
+class Gap(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Values the agent had to drop (its buffer was full): the range and how many, never silent."""
+
+    from_ts: int
+    to_ts: int
+    count: int
+    reason: str = "buffer_full"
+
+
+class AgentStatus(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What the agent reports about itself with a batch (optional; the newest one wins)."""
+
+    software_version: str = ""
+    buffer_values: int = 0
+    oldest_unsent_age_s: int = 0
+    dropped_total: int = 0
+    last_error: str = ""
+
+
 class Batch(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sequence: int
     values: list[Value] = []
     health: list[HealthReport] = []
     backlog: bool = False  # drained from the agent's disk buffer, not live
+    gaps: list[Gap] = []
+    status: AgentStatus | None = None
 
 
 class Ack(msgspec.Struct, frozen=True):
@@ -169,10 +194,39 @@ def decode_batch(body: bytes, *, now_ms: int) -> Batch:
             f"A batch holds at most {MAX_HEALTH} health reports.",
             kind="too_large",
         )
+    if len(batch.gaps) > MAX_GAPS:
+        raise BatchRefused(
+            "batch_too_large", f"A batch holds at most {MAX_GAPS} gaps.", kind="too_large"
+        )
     latest = now_ms + MAX_FUTURE_MS
     _check_values(batch.values, latest)
     _check_health(batch.health, latest)
+    _check_gaps(batch.gaps, latest)
+    if batch.status is not None:
+        _check_status(batch.status)
     return batch
+
+
+def _check_gaps(gaps: list[Gap], latest: int) -> None:
+    for index, gap in enumerate(gaps):
+        if not MIN_TS_MS <= gap.from_ts <= gap.to_ts <= latest:
+            raise BatchRefused(
+                "gap_invalid",
+                f"gaps[{index}]: from_ts <= to_ts, both UTC ms after 2000 and not ahead.",
+                index=index,
+            )
+        if not 0 < gap.count <= MAX_SEQUENCE or len(gap.reason) > 32:
+            raise BatchRefused(
+                "gap_invalid", f"gaps[{index}]: count must be positive.", index=index
+            )
+
+
+def _check_status(status: AgentStatus) -> None:
+    if len(status.software_version) > 100 or len(status.last_error) > MAX_STATUS_TEXT:
+        raise BatchRefused("status_invalid", "status: text too long.")
+    for name in ("buffer_values", "oldest_unsent_age_s", "dropped_total"):
+        if not 0 <= getattr(status, name) <= MAX_SEQUENCE:
+            raise BatchRefused("status_invalid", f"status.{name} is out of range.")
 
 
 def _check_values(values: list[Value], latest: int) -> None:

@@ -23,8 +23,10 @@ from typing import Any, Final, NamedTuple
 from uuid import UUID
 
 from django.core.cache import cache
+from django.db.models import Q
 from django.utils import timezone
 
+from fieldlink.devices.edge_services import record_status
 from fieldlink.devices.models import Asset, EdgeDevice, MeasuringPoint
 from fieldlink.devices.services import report_health
 from fieldlink.kit.errors import RateLimitedError
@@ -118,10 +120,15 @@ def _ack(device: EdgeDevice, *, accepted: bool, duplicate: bool) -> Ack:
 
 
 def _served_points(device: EdgeDevice, tags: set[str]) -> dict[tuple[str, str], Any]:
-    rows = MeasuringPoint.objects.filter(
-        asset__edge_devices=device, asset__tag__in=sorted(tags)
-    ).select_related("asset")
-    return {(p.asset.tag, p.key): p for p in rows}
+    # A discovered asset is named by the device's own tag (edge_ref), which survives an admin
+    # renaming it; an asset typed in by hand is named by its tag.
+    wanted = sorted(tags)
+    rows = (
+        MeasuringPoint.objects.filter(asset__edge_devices=device)
+        .filter(Q(asset__edge_ref__in=wanted) | Q(asset__edge_ref="", asset__tag__in=wanted))
+        .select_related("asset")
+    )
+    return {(p.asset.edge_ref or p.asset.tag, p.key): p for p in rows}
 
 
 def _advance(device: EdgeDevice) -> None:
@@ -175,18 +182,22 @@ def ingest_batch(device: EdgeDevice, batch: Batch, *, client_ip: str = "") -> Ac
         backlog=batch.backlog,
     )
     _advance(locked)
+    status_fields = record_status(locked, batch.status, batch.gaps)
     locked.last_seen_at = timezone.now()
     if client_ip:
         locked.last_seen_ip = client_ip[:45]
-    locked.save(update_fields=["acked_sequence", "last_seen_at", "last_seen_ip"])
+    locked.save(update_fields=["acked_sequence", "last_seen_at", "last_seen_ip", *status_fields])
     for hook in INGEST_HOOKS:
         hook(locked, stored)
     return _ack(locked, accepted=True, duplicate=False)
 
 
 def _report_health(device: EdgeDevice, batch: Batch) -> None:
-    tags = {r.asset for r in batch.health}
-    assets = {a.tag: a for a in Asset.objects.filter(edge_devices=device, tag__in=sorted(tags))}
+    tags = sorted({r.asset for r in batch.health})
+    rows = Asset.objects.filter(edge_devices=device).filter(
+        Q(edge_ref__in=tags) | Q(edge_ref="", tag__in=tags)
+    )
+    assets = {a.edge_ref or a.tag: a for a in rows}
     for index, report in enumerate(batch.health):
         asset = assets.get(report.asset)
         if asset is None:

@@ -202,7 +202,7 @@ def overview(scope: Scope, filters: OverviewFilter | None = None) -> list[AssetV
     """Every asset of the organisation (optionally narrowed) with its health and latest values."""
     scope.require(Permission.DATA_VIEW)
     filters = filters or OverviewFilter()
-    assets = scope.filter(Asset.objects.select_related("site", "area"))
+    assets = scope.filter(Asset.objects.select_related("site", "area")).filter(hidden=False)
     if filters.site_id is not None:
         assets = assets.filter(site=scope.get(Site.objects.all(), filters.site_id, what="site"))
     if filters.area_id is not None:
