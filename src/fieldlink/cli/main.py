@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fieldlink import __version__
+from fieldlink.cli.edge import edge_app
 
 app = typer.Typer(
     name="fieldlink",
@@ -18,6 +19,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,  # tracebacks would bypass the redacting log layer
 )
+
+
+app.add_typer(edge_app, name="edge")
 
 
 def _boot() -> None:

@@ -17,7 +17,6 @@ import os
 import re
 import socket
 import ssl
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fieldlink.kit.errors import FieldlinkError
+from fieldlink.kit.files import write_atomically
 
 __all__ = [
     "CA_CERT_FILENAME",
@@ -143,8 +143,8 @@ def ensure_local_pki(
             ca_key, ca_cert = _create_ca(now)
             # Key first: ca.pem is what marks the CA as existing, so a crash in between leaves
             # an orphan key that the next start simply replaces.
-            _write_atomically(ca_key_path, _private_key_pem(ca_key), _KEY_FILE_MODE)
-            _write_atomically(ca_cert_path, _cert_pem(ca_cert), _CERT_FILE_MODE)
+            write_atomically(ca_key_path, _private_key_pem(ca_key), _KEY_FILE_MODE)
+            write_atomically(ca_cert_path, _cert_pem(ca_cert), _CERT_FILE_MODE)
         else:
             ca_key, ca_cert = _load_ca(ca_cert_path, ca_key_path, now)
 
@@ -163,8 +163,8 @@ def ensure_local_pki(
             )
             # Key first: if the certificate write is lost, the pair no longer matches and the
             # next start re-issues.
-            _write_atomically(server_key_path, _private_key_pem(server_key), _KEY_FILE_MODE)
-            _write_atomically(
+            write_atomically(server_key_path, _private_key_pem(server_key), _KEY_FILE_MODE)
+            write_atomically(
                 server_cert_path,
                 _cert_pem(server_cert) + _cert_pem(ca_cert),
                 _CERT_FILE_MODE,
@@ -500,34 +500,6 @@ def _directory_lock(tls_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Readers see the old file or the new one, never a partial one; keys are never world-readable.
-
-    mkstemp creates the temporary file with mode 0600, so a key is private from its first byte.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp_path = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fchmod(tmp.fileno(), mode)
-            os.fsync(tmp.fileno())
-        tmp_path.replace(path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _restrict_mode(path: Path, mode: int) -> None:

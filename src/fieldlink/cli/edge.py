@@ -1,0 +1,48 @@
+"""``fieldlink edge …``: the agent's commands. Nothing here imports Django (checked by a test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fieldlink import __version__
+
+edge_app = typer.Typer(
+    help="The edge agent: enroll this device once, then run it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@edge_app.command("enroll")
+def enroll(
+    url: Annotated[str, typer.Option(help="The cloud, e.g. https://fieldlink.example.com")],
+    code: Annotated[
+        str,
+        typer.Option(
+            help="The one-time enrollment code (fle_…) from the cloud's device page",
+            envvar="FIELDLINK_ENROLLMENT_CODE",
+        ),
+    ],
+    ca: Annotated[Path, typer.Option(help="CA bundle the cloud's certificate must chain to")],
+    credential_file: Annotated[
+        Path, typer.Option(help="Where to keep the device credential (mode 0600)")
+    ] = Path("var/edge/credential"),
+) -> None:
+    """Exchange a one-time enrollment code for this device's credential."""
+    from fieldlink.edge.enroll import EnrollmentError  # noqa: PLC0415
+    from fieldlink.edge.enroll import enroll as do_enroll  # noqa: PLC0415
+
+    try:
+        done = do_enroll(
+            url, code, ca_file=ca, credential_file=credential_file, software_version=__version__
+        )
+    except EnrollmentError as exc:
+        typer.echo(f"fieldlink edge enroll: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"Enrolled as {done.device_name} ({done.device_id}); "
+        f"credential stored in {done.credential_file} (mode 0600)."
+    )
