@@ -33,7 +33,15 @@ from fieldlink.accounts.models import (
 from fieldlink.cloud.api import api
 from fieldlink.devices.credentials import digest
 from fieldlink.devices.models import Area, Asset, EdgeDevice, MeasuringPoint, Site
-from fieldlink.telemetry.models import Alarm, AlarmKind, Threshold
+from fieldlink.telemetry.models import (
+    Alarm,
+    AlarmKind,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryState,
+    Threshold,
+    Webhook,
+)
 
 MUTATING = frozenset({"post", "put", "patch", "delete"})
 ROLES = (Role.OWNER, Role.ADMIN, Role.ENGINEER, Role.VIEWER)
@@ -58,6 +66,9 @@ class Tenant:
     area_id: str = ""
     device_id: str = ""
     alarm_id: str = ""
+    # Alarm notifications: a webhook with one failed delivery.
+    webhook_id: str = ""
+    delivery_id: str = ""
 
     @property
     def markers(self) -> list[str]:
@@ -114,6 +125,7 @@ def build_tenant(make_user: Callable[..., User], label: str) -> Tenant:
         ).pk
     )
     _build_plant(tenant, label)
+    _build_notifications(tenant, label)
     return tenant
 
 
@@ -147,6 +159,27 @@ def _build_plant(tenant: Tenant, label: str) -> None:
     Threshold.objects.create(point=point, organisation=tenant.org, high=100.0)
 
 
+def _build_notifications(tenant: Tenant, label: str) -> None:
+    webhook = Webhook.objects.create(
+        organisation=tenant.org,
+        name=f"Hook {label.upper()}",
+        url=f"https://hooks-{label}.example/fieldlink",
+        secret=f"flw_matrix-secret-{label}-0000000000000000000000000000",
+    )
+    delivery = Delivery.objects.create(
+        organisation=tenant.org,
+        webhook=webhook,
+        alarm_id=tenant.alarm_id,
+        event="alarm.opened",
+        body=b"{}",
+        state=DeliveryState.FAILED,
+        attempts=6,
+        finished_at=timezone.now(),
+    )
+    DeliveryAttempt.objects.create(delivery=delivery, status_code=500, error="HTTP 500")
+    tenant.webhook_id, tenant.delivery_id = str(webhook.pk), str(delivery.pk)
+
+
 # -- which object of a tenant each path parameter names ----------------------------------------
 
 # (path parameter name) → the tenant's object it stands for. /me/… routes name the signed-in
@@ -160,6 +193,8 @@ OBJECT_OF: dict[str, Callable[[Tenant, str], str]] = {
     "asset_id": lambda t, path: t.asset_id,
     "point_id": lambda t, path: t.point_id,
     "alarm_id": lambda t, path: t.alarm_id,
+    "webhook_id": lambda t, path: t.webhook_id,
+    "delivery_id": lambda t, path: t.delivery_id,
     "site_id": lambda t, path: t.site_id,
     "area_id": lambda t, path: t.area_id,
     "device_id": lambda t, path: t.device_id,
@@ -223,6 +258,8 @@ UI_PARAMS: dict[str, Callable[[Tenant, str], str]] = {
     "area_id": lambda t, name: t.area_id,
     "point_id": lambda t, name: t.point_id,
     "alarm_id": lambda t, name: t.alarm_id,
+    "webhook_id": lambda t, name: t.webhook_id,
+    "delivery_id": lambda t, name: t.delivery_id,
     "device_id": lambda t, name: t.device_id,
 }
 

@@ -67,6 +67,16 @@ MIN_ROLE: dict[str, Role] = {
     "PUT /api/v1/orgs/{org_id}/points/{point_id}/thresholds": Role.ENGINEER,
     "DELETE /api/v1/orgs/{org_id}/points/{point_id}/thresholds": Role.ENGINEER,
     "POST /api/v1/orgs/{org_id}/alarms/{alarm_id}/acknowledge": Role.VIEWER,
+    # Alarm notifications: webhooks are org.settings (admins); one's own e-mails every member.
+    "POST /api/v1/orgs/{org_id}/webhooks": Role.ADMIN,
+    "PATCH /api/v1/orgs/{org_id}/webhooks/{webhook_id}": Role.ADMIN,
+    "DELETE /api/v1/orgs/{org_id}/webhooks/{webhook_id}": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/webhooks/{webhook_id}/rotate-secret": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/webhooks/{webhook_id}/test": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": (
+        Role.ADMIN
+    ),
+    "PUT /api/v1/orgs/{org_id}/alarm-emails": Role.VIEWER,
 }
 
 # Page actions (POST) under /orgs/<org_id>/…, by URL name.
@@ -97,6 +107,15 @@ UI_MIN_ROLE: dict[str, Role] = {
     "plant:device-code": Role.ENGINEER,
     "plant:device-rotate": Role.ENGINEER,
     "alarms:acknowledge": Role.VIEWER,
+    "notifications:emails": Role.VIEWER,
+    "notifications:webhook-add": Role.ADMIN,
+    "notifications:webhook-rename": Role.ADMIN,
+    "notifications:webhook-enable": Role.ADMIN,
+    "notifications:webhook-disable": Role.ADMIN,
+    "notifications:webhook-rotate": Role.ADMIN,
+    "notifications:webhook-delete": Role.ADMIN,
+    "notifications:webhook-test": Role.ADMIN,
+    "notifications:delivery-redeliver": Role.ADMIN,
 }
 # Pages under /orgs/<org_id>/ that only read (GET) — or whose POST is governed by a form
 # checked per field (settings: rename is admin, deletion is owner; tested in their own tests).
@@ -119,6 +138,9 @@ UI_READ_PAGES: dict[str, Role] = {
     "alarms:detail": Role.VIEWER,
     # Readable by all; its POST needs data.configure (tested in tests/telemetry/test_alarm_web).
     "alarms:limits": Role.VIEWER,
+    # Everyone sees their own e-mail choice there; the webhooks part is for admins.
+    "notifications:index": Role.VIEWER,
+    "notifications:webhook": Role.ADMIN,
 }
 
 ROUTES = api_routes()

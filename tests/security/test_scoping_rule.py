@@ -65,6 +65,14 @@ ALLOWED: Final[dict[tuple[str, str], str]] = {
     ("audit/services.py", "_check_chain"): (
         "verification internals: looks up an entry's neighbours inside its own chain"
     ),
+    ("telemetry/notifications.py", "_webhooks_to_notify"): (
+        "system fan-out of an alarm event with no acting principal: the alarm names the "
+        "organisation, and only its enabled webhooks are read"
+    ),
+    ("telemetry/notifications.py", "_subscribers"): (
+        "alarm e-mail recipients: subscriptions of the alarm's organisation whose user is still "
+        "a member there (like accounts' _tell_admins)"
+    ),
     ("devices/edge_services.py", "_asset_for"): (
         "the actor is an edge device authenticated by its credential, not a user: the "
         "organisation is the device's own (device.organisation_id), never taken from input"

@@ -61,6 +61,10 @@ BODY: dict[str, dict[str, Any]] = {
     "PUT /api/v1/orgs/{org_id}/points/{point_id}/thresholds": {"high": 80.0},
     "POST /api/v1/orgs/{org_id}/devices": {"name": "Edge 9"},
     "PATCH /api/v1/orgs/{org_id}/devices/{device_id}": {"name": "Edge 10"},
+    # Alarm notifications: an IP literal, so creating it needs no DNS lookup.
+    "POST /api/v1/orgs/{org_id}/webhooks": {"name": "Hook 9", "url": "https://93.184.215.14/h"},
+    "PATCH /api/v1/orgs/{org_id}/webhooks/{webhook_id}": {"name": "Hook 10"},
+    "PUT /api/v1/orgs/{org_id}/alarm-emails": {"subscribed": True, "critical_only": True},
 }
 
 

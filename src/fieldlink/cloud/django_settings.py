@@ -271,3 +271,8 @@ PERMISSIONS_POLICY = (
 LOGGING_CONFIG = None
 
 NINJA_PAGINATION_PER_PAGE = 50
+
+# Webhooks may only reach public addresses (no SSRF into the private network). Only the test
+# suite turns this on, to deliver to a receiver on 127.0.0.1; it is not a FIELDLINK_* setting,
+# so no deployment can.
+WEBHOOKS_ALLOW_LOOPBACK = False

@@ -13,6 +13,7 @@ from fieldlink.accounts.tasks import (
     prune_security_history,
     purge_due_organisations,
 )
+from fieldlink.telemetry.notification_tasks import deliver_due_webhooks
 
 
 @task()
@@ -27,4 +28,6 @@ PERIODIC: list[tuple[timedelta, Task[[], Any]]] = [
     (timedelta(hours=24), prune_security_history),
     (timedelta(hours=1), purge_due_organisations),
     (timedelta(hours=1), expire_data_exports),
+    # Webhook retries are due from 30 s after a failure on (webhooks.RETRY_DELAYS).
+    (timedelta(minutes=1), deliver_due_webhooks),
 ]

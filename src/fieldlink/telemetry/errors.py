@@ -25,3 +25,22 @@ class ThresholdsInvalidError(FieldlinkError):
 
     code = "thresholds_invalid"
     kind = "invalid"
+
+
+class WebhookInvalidError(FieldlinkError):
+    """A webhook field the service refuses; ``details.field`` names it."""
+
+    code = "webhook_invalid"
+    kind = "invalid"
+
+
+class WebhookLimitError(FieldlinkError):
+    code = "webhook_limit_reached"
+    kind = "conflict"
+
+
+class WebhookStateError(FieldlinkError):
+    """The webhook or delivery is not in a state that allows this (disabled, not failed, …)."""
+
+    code = "webhook_state"
+    kind = "conflict"
