@@ -285,7 +285,7 @@ def on_samples(device: EdgeDevice, samples: Sequence[StoredSample]) -> None:
     if not by_point:
         return
     thresholds = (
-        Threshold.objects.select_for_update()
+        Threshold.objects.select_for_update(of=("self",))  # not the points and assets joined
         .filter(point_id__in=list(by_point))
         .select_related("point", "point__asset")
         .order_by("point_id")  # one lock order for every writer
@@ -433,7 +433,9 @@ def acknowledge(scope: Scope, alarm_id: UUID | str, *, request: HttpRequest | No
     """
     scope.require(Permission.ALARMS_RESPOND)
     alarm = scope.get(
-        Alarm.objects.select_for_update().select_related("asset", "point"), alarm_id, what="alarm"
+        Alarm.objects.select_for_update(of=("self",)).select_related("asset", "point"),
+        alarm_id,
+        what="alarm",
     )
     if alarm.acknowledged_at is not None:
         return alarm
