@@ -246,3 +246,22 @@ def test_area_cycle_via_api_is_422(team: Team, as_user: AsUser) -> None:
     response = _send(client, "patch", f"{team.api}/areas/{a['id']}", {"parent_id": b["id"]})
     assert response.status_code == 422
     assert response.json()["code"] == "plant_invalid"
+
+
+def test_hidden_asset_leaves_the_operators_list_but_keeps_its_data(
+    team: Team, as_user: AsUser
+) -> None:
+    client = as_user(team.users[Role.ENGINEER])
+    plant = _plant(team, client)
+    asset_url = f"{team.api}/assets/{plant['asset']['id']}"
+    hidden = _ok(_send(client, "patch", asset_url, {"hidden": True}))
+    assert (hidden["hidden"], hidden["edge_ref"]) == (True, "")
+    assert _ok(client.get(f"{team.api}/overview")) == []
+    assert _ok(client.get(asset_url))["points"][0]["key"] == "volume_flow"
+    entry = AuditEntry.objects.filter(action="asset.updated").latest("sequence")
+    assert (entry.before["hidden"], entry.after["hidden"]) == (False, True)
+    shown = _ok(_send(client, "patch", asset_url, {"hidden": False}))
+    assert shown["hidden"] is False
+    assert [row["asset"]["tag"] for row in _ok(client.get(f"{team.api}/overview"))] == ["FIT-101"]
+    viewer = as_user(team.users[Role.VIEWER])
+    assert _send(viewer, "patch", asset_url, {"hidden": True}).status_code == 403

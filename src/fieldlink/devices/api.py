@@ -43,9 +43,6 @@ class SiteIn(StrictInput):
 class SitePatch(StrictInput):
     name: str | None = Field(default=None, min_length=1, max_length=100)
     description: str | None = Field(default=None, max_length=500)
-    hidden: bool | None = Field(
-        default=None, description="Hide from the operators' asset list (values are still kept)"
-    )
 
 
 class SiteOut(Schema):
@@ -96,6 +93,9 @@ class AssetPatch(StrictInput):
     serial_number: str | None = Field(default=None, max_length=100)
     firmware_version: str | None = Field(default=None, max_length=50)
     description: str | None = Field(default=None, max_length=500)
+    hidden: bool | None = Field(
+        default=None, description="Hide from the operators' asset list (values are still kept)"
+    )
 
 
 class HealthOut(Schema):
