@@ -146,15 +146,19 @@ class _Scheduler:
             elapsed += wait
             for index, (interval, task) in enumerate(PERIODIC):
                 if due[index] <= elapsed:
+                    jitter = random.uniform(0.9, 1.1)  # noqa: S311
+                    next_in = interval.total_seconds() * jitter
                     try:
                         task.enqueue()
                         log.info("periodic_task_enqueued", task=task.name)
                     except Exception:
                         log.exception("periodic_task_enqueue_failed", task=task.name)
+                        # A busy or briefly unreachable database must not cost a whole
+                        # interval (a day for some tasks): try again after the start delay.
+                        next_in = min(next_in, self.first_delay * jitter)
                     finally:
                         close_old_connections()
-                    jitter = random.uniform(0.9, 1.1)  # noqa: S311
-                    due[index] = elapsed + interval.total_seconds() * jitter
+                    due[index] = elapsed + next_in
 
     def start(self) -> None:
         self.thread.start()
