@@ -11,6 +11,7 @@ import typer
 
 from fieldlink import __version__
 from fieldlink.cli.edge import edge_app
+from fieldlink.cli.plant import plant
 
 app = typer.Typer(
     name="fieldlink",
@@ -22,6 +23,7 @@ app = typer.Typer(
 
 
 app.add_typer(edge_app, name="edge")
+app.command("plant")(plant)
 
 
 def _boot() -> None:
