@@ -46,3 +46,27 @@ def enroll(
         f"Enrolled as {done.device_name} ({done.device_id}); "
         f"credential stored in {done.credential_file} (mode 0600)."
     )
+
+
+@edge_app.command("run")
+def run(
+    config: Annotated[Path, typer.Option(help="The agent's edge.toml")] = Path("edge.toml"),
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the agent: read the field, buffer every value on disk, send it to the cloud."""
+    import asyncio  # noqa: PLC0415
+
+    from fieldlink.edge.agent import main  # noqa: PLC0415
+    from fieldlink.edge.config import ConfigError, load_config  # noqa: PLC0415
+    from fieldlink.edge.enroll import EnrollmentError  # noqa: PLC0415
+    from fieldlink.edge.uplink import UplinkConfigError  # noqa: PLC0415
+    from fieldlink.kit.logging import configure_logging  # noqa: PLC0415
+
+    configure_logging(log_level.upper())
+    try:
+        loaded = load_config(config)
+        # Relative paths in the file are relative to the file, wherever the agent is started.
+        asyncio.run(main(loaded, software_version=__version__, base_dir=config.resolve().parent))
+    except (ConfigError, EnrollmentError, UplinkConfigError) as exc:
+        typer.echo(f"fieldlink edge run: {exc}", err=True)
+        raise typer.Exit(2) from exc

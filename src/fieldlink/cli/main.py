@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from fieldlink import __version__
+from fieldlink.cli.demo import demo
 from fieldlink.cli.edge import edge_app
 from fieldlink.cli.plant import plant
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 
 app.add_typer(edge_app, name="edge")
 app.command("plant")(plant)
+app.command("demo")(demo)
 
 
 def _boot() -> None:

@@ -14,6 +14,7 @@ from fieldlink.accounts.tasks import (
     purge_due_organisations,
 )
 from fieldlink.telemetry.notification_tasks import deliver_due_webhooks
+from fieldlink.telemetry.tasks import apply_telemetry_retention
 
 
 @task()
@@ -30,4 +31,6 @@ PERIODIC: list[tuple[timedelta, Task[[], Any]]] = [
     (timedelta(hours=1), expire_data_exports),
     # Webhook retries are due from 30 s after a failure on (webhooks.RETRY_DELAYS).
     (timedelta(minutes=1), deliver_due_webhooks),
+    # Also drains SQLite's hot sample table, whose row counter is per process.
+    (timedelta(hours=1), apply_telemetry_retention),
 ]

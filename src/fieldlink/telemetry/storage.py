@@ -21,8 +21,10 @@ appends but makes a per-series range query scan everything.
 
 Exactly-once is a batch-level key (``models.BatchReceipt``), not a per-value key, so the sample
 tables need no unique index of their own on PostgreSQL. The same (series, ts) written twice by
-two different batches is a correction: SQLite keeps the newer value; PostgreSQL keeps both rows
-(both are returned by range queries, the newer one last).
+two different batches is a correction (agents never resend a value in another batch): on SQLite
+the newer value replaces the older once both sit in the same table — until the next compaction a
+correction in the hot table and the value it corrects in the compacted one are both returned;
+PostgreSQL keeps both rows. Keeping reads free of a per-row anti-join is worth that rare case.
 """
 
 from __future__ import annotations
