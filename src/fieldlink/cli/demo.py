@@ -57,6 +57,19 @@ def _wait_ready(url: str, ca: Path, process: subprocess.Popen[bytes]) -> None:
     raise typer.Exit(1)
 
 
+def _wait_listening(ports: list[int], process: subprocess.Popen[bytes]) -> None:
+    """Until the plant's servers accept connections (the agent would start with a failure)."""
+    import socket  # noqa: PLC0415
+
+    deadline = time.monotonic() + 30
+    waiting = list(ports)
+    while waiting and time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", waiting[0]), 1):
+            waiting.pop(0)
+            continue
+        time.sleep(0.2)
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -154,6 +167,7 @@ def demo(
         if not credential.exists():
             _enroll_agent(url, ca, credential, new_enrollment_code(the_demo))
         children.start("plant")
+        _wait_listening([modbus_port, opcua_port], children.running["plant"])
         children.start("agent")
         _banner(url, ca, the_demo.email, the_demo.password)
         children.watch()
