@@ -16,7 +16,10 @@ CHROMIUM = os.environ.get("FIELDLINK_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in the main thread while the
+# browser is open; once the browser tests are done it must be gone, or every later test that
+# calls asyncio.run() (the edge agent's) finds a loop already running.
+@pytest.fixture(scope="package")
 def browser(server: RunningServer) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Debian's chromium is required at {CHROMIUM} (apt-get install chromium)")

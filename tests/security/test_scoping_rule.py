@@ -73,6 +73,13 @@ ALLOWED: Final[dict[tuple[str, str], str]] = {
         "alarm e-mail recipients: subscriptions of the alarm's organisation whose user is still "
         "a member there (like accounts' _tell_admins)"
     ),
+    ("telemetry/retention.py", "_apply"): (
+        "the hourly retention job runs for every organisation with no principal: it reads each "
+        "organisation's own series to apply that organisation's retention period"
+    ),
+    ("telemetry/retention.py", "_prune_receipts"): (
+        "the retention job prunes an organisation's old batch receipts (system task, no Scope)"
+    ),
     ("devices/edge_services.py", "_asset_for"): (
         "the actor is an edge device authenticated by its credential, not a user: the "
         "organisation is the device's own (device.organisation_id), never taken from input"
