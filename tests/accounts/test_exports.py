@@ -194,7 +194,7 @@ def test_complete_export_is_built_downloaded_and_checks_out(
         "members.json",
         "invitations.json",
         "audit.jsonl",
-        "measurements/README.txt",
+        "measurements/index.json",
     } <= set(files)
     assert json.loads(files["organisation.json"])["name"] == "Acme Water"
     members = {m["email"]: m["role"] for m in json.loads(files["members.json"])}
@@ -206,7 +206,7 @@ def test_complete_export_is_built_downloaded_and_checks_out(
     }
     invitations = json.loads(files["invitations.json"])
     assert [(i["email"], i["status"]) for i in invitations] == [("new@acme.example", "pending")]
-    assert b"does not store measurements yet" in files["measurements/README.txt"]
+    assert json.loads(files["measurements/index.json"]) == []  # no measuring points yet
 
     # The audit trail re-hashes line by line and links into one unbroken chain.
     lines = [json.loads(line) for line in files["audit.jsonl"].decode().splitlines()]
@@ -244,7 +244,7 @@ def test_measurements_only_export_has_only_measurements_and_manifest(
         client, team["org"], auth, django_capture_on_commit_callbacks, kind="measurements"
     )
     files = _members(exports.archive_path(export.pk).read_bytes())
-    assert set(files) == {"manifest.json", "measurements/README.txt"}
+    assert set(files) == {"manifest.json", "measurements/index.json"}
     assert _check_manifest(files)["kind"] == "measurements"
 
 
@@ -271,7 +271,7 @@ def test_registered_measurement_section_is_exported_in_both_kinds(
         client, team["org"], auth, django_capture_on_commit_callbacks, kind="measurements"
     )
     files = _members(exports.archive_path(export.pk).read_bytes())
-    assert set(files) == {"manifest.json", "measurements/points.csv"}
+    assert set(files) == {"manifest.json", "measurements/index.json", "measurements/points.csv"}
     assert files["measurements/points.csv"] == f"org,{team['org'].pk}\n".encode()
 
 

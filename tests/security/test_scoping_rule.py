@@ -73,6 +73,11 @@ ALLOWED: Final[dict[tuple[str, str], str]] = {
         "alarm e-mail recipients: subscriptions of the alarm's organisation whose user is still "
         "a member there (like accounts' _tell_admins)"
     ),
+    ("telemetry/exports.py", "purge_samples"): (
+        "organisation purge hook, run by the system with no principal and so no Scope: it finds "
+        "the series of the organisation being deleted (passed in by purge_due_organisations) to "
+        "delete their raw samples, which have no foreign key for the cascade to follow"
+    ),
     ("telemetry/retention.py", "_apply"): (
         "the hourly retention job runs for every organisation with no principal: it reads each "
         "organisation's own series to apply that organisation's retention period"

@@ -316,12 +316,6 @@ def _write_organisation(scope: Scope, kind: ExportKind, out: ArchiveWriter) -> N
     sections = [s for s in _SECTIONS if kind in s.kinds]
     for section in sections:
         section.write(scope, out)
-    if not any(ExportKind.MEASUREMENTS in s.kinds for s in _SECTIONS):
-        out.write_bytes(
-            "measurements/README.txt",
-            b"This organisation's archive has no measurements: this Fieldlink installation\n"
-            b"does not store measurements yet. Once it does, they are exported here.\n",
-        )
 
 
 # -- The accounts context's own sections -----------------------------------------------------------

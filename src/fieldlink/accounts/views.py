@@ -36,7 +36,7 @@ from fieldlink.accounts.org_forms import (
     ScheduleDeletionForm,
 )
 from fieldlink.accounts.templatetags.fieldlink_orgs import ORG_SESSION_KEY
-from fieldlink.kit.errors import ErrorKind, FieldlinkError, NotFoundError, ValidationFailedError
+from fieldlink.kit.errors import HTTP_STATUS, FieldlinkError, NotFoundError, ValidationFailedError
 
 
 def _user(request: HttpRequest) -> User:
@@ -143,18 +143,6 @@ def rotate_api_key(request: HttpRequest, key_id: UUID) -> HttpResponse:
 # calls one service inside the transaction. A FieldlinkError becomes a page with its message and
 # the status of its kind; success is POST-redirect-GET with a flash message.
 
-# The web twin of fieldlink.cloud.errors.STATUS_BY_KIND, which apps may not import (import-linter).
-_PAGE_STATUS: dict[ErrorKind, int] = {
-    "invalid": 422,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "rate_limited": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
 
 _View = Callable[..., HttpResponse]
 
@@ -182,7 +170,7 @@ def _error_page(request: HttpRequest, exc: FieldlinkError, org_id: UUID | None) 
         request,
         "orgs/error.html",
         {"message": exc.message, "code": exc.code, "back_scope": scope},
-        status=_PAGE_STATUS[exc.kind],
+        status=HTTP_STATUS[exc.kind],
     )
 
 
@@ -480,7 +468,7 @@ def invitation(request: HttpRequest, token: str) -> HttpResponse:
                     auth.acting_principal(request), token, request
                 )
         except FieldlinkError as exc:
-            error, status = exc.message, _PAGE_STATUS[exc.kind]
+            error, status = exc.message, HTTP_STATUS[exc.kind]
         else:
             request.session[ORG_SESSION_KEY] = str(membership.organisation_id)
             messages.success(request, f"Welcome to {found.organisation.name}.")
@@ -544,7 +532,7 @@ def org_exports(request: HttpRequest, org_id: UUID) -> HttpResponse:
         with transaction.atomic():
             exports.request_organisation_export(scope, request.POST.get("kind", ""), request)
     except FieldlinkError as exc:
-        return _org_exports_page(request, scope, error=exc.message, status=_PAGE_STATUS[exc.kind])
+        return _org_exports_page(request, scope, error=exc.message, status=HTTP_STATUS[exc.kind])
     messages.success(
         request, "Export requested. It is being prepared; refresh to see when it is ready."
     )
@@ -565,7 +553,7 @@ def org_export_download(
         with transaction.atomic():
             download = exports.open_organisation_download(scope, export_id, request)
     except exports.ExportUnavailableError as exc:
-        return _org_exports_page(request, scope, error=exc.message, status=_PAGE_STATUS[exc.kind])
+        return _org_exports_page(request, scope, error=exc.message, status=HTTP_STATUS[exc.kind])
     except FieldlinkError as exc:
         return _error_page(request, exc, org_id)
     return _zip_response(download)
@@ -592,7 +580,7 @@ def my_exports(request: HttpRequest) -> HttpResponse:
         with transaction.atomic():
             exports.request_personal_export(auth.acting_principal(request), request)
     except FieldlinkError as exc:
-        return _my_exports_page(request, error=exc.message, status=_PAGE_STATUS[exc.kind])
+        return _my_exports_page(request, error=exc.message, status=HTTP_STATUS[exc.kind])
     messages.success(
         request, "Export requested. It is being prepared; refresh to see when it is ready."
     )
@@ -611,5 +599,5 @@ def my_export_download(request: HttpRequest, export_id: UUID) -> HttpResponse | 
     except NotFoundError as exc:
         raise Http404(exc.message) from exc  # someone else's export looks like none at all
     except FieldlinkError as exc:
-        return _my_exports_page(request, error=exc.message, status=_PAGE_STATUS[exc.kind])
+        return _my_exports_page(request, error=exc.message, status=HTTP_STATUS[exc.kind])
     return _zip_response(download)

@@ -8,28 +8,18 @@ submitted value: it may be a password or a token.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
-from fieldlink.kit.errors import ErrorKind, FieldlinkError, RateLimitedError
+from fieldlink.kit.errors import HTTP_STATUS, FieldlinkError, RateLimitedError
 from fieldlink.kit.logging import get_logger
 
 log = get_logger(__name__)
 
-STATUS_BY_KIND: dict[ErrorKind, int] = {
-    "invalid": 422,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "rate_limited": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
+STATUS_BY_KIND: Final = HTTP_STATUS  # the one mapping, in kit.errors
 
 # Codes for statuses that arrive without one of our errors (framework-level refusals).
 CODE_BY_STATUS: dict[int, str] = {

@@ -77,9 +77,11 @@ class Asset(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
-    site = models.ForeignKey(Site, on_delete=models.PROTECT, related_name="assets")
+    # RESTRICT, not PROTECT: a site or area holding assets cannot be deleted on its own, but an
+    # organisation's purge deletes all three together.
+    site = models.ForeignKey(Site, on_delete=models.RESTRICT, related_name="assets")
     area = models.ForeignKey(
-        Area, null=True, blank=True, on_delete=models.PROTECT, related_name="assets"
+        Area, null=True, blank=True, on_delete=models.RESTRICT, related_name="assets"
     )
     tag = models.CharField(max_length=64)  # the plant's own name, e.g. "FIT-101"
     manufacturer = models.CharField(max_length=100, blank=True)

@@ -43,20 +43,7 @@ from fieldlink.devices.forms import (
 )
 from fieldlink.devices.models import Area, Asset, EdgeDevice, Health, MeasuringPoint
 from fieldlink.devices.units import UNITS
-from fieldlink.kit.errors import ErrorKind, FieldlinkError
-
-# The web twin of fieldlink.cloud.errors.STATUS_BY_KIND, which apps may not import.
-_PAGE_STATUS: dict[ErrorKind, int] = {
-    "invalid": 422,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "rate_limited": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
+from fieldlink.kit.errors import HTTP_STATUS, FieldlinkError
 
 _View = Callable[..., HttpResponse]
 
@@ -108,7 +95,7 @@ def _error_page(request: HttpRequest, exc: FieldlinkError, org_id: UUID | None) 
         request,
         "plant/error.html",
         {"message": exc.message, "code": exc.code, "back_scope": scope},
-        status=_PAGE_STATUS[exc.kind],
+        status=HTTP_STATUS[exc.kind],
     )
 
 

@@ -1,12 +1,13 @@
 """The one error root. Every error we raise on purpose carries a stable machine-readable code.
 
 Errors say *what kind* of failure they are; the HTTP status for each kind is decided in one
-place (``fieldlink.cloud.errors``), so services never think in status codes.
+place (``HTTP_STATUS`` below, used by the API, the pages and the edge endpoint), so services
+never think in status codes.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 ErrorKind = Literal[
     "invalid",  # the caller sent something we refuse (422/400)
@@ -19,6 +20,18 @@ ErrorKind = Literal[
     "unavailable",  # a dependency is down (503)
     "internal",  # our fault (500)
 ]
+
+HTTP_STATUS: Final[dict[ErrorKind, int]] = {
+    "invalid": 422,
+    "unauthenticated": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "rate_limited": 429,
+    "unavailable": 503,
+    "internal": 500,
+}
 
 
 class FieldlinkError(Exception):

@@ -20,3 +20,13 @@ class TelemetryConfig(AppConfig):
         # Webhooks and e-mails: rows in the alarm's transaction, sending after commit.
         if notifications.queue_alarm_event not in alarm_services.ALARM_EVENT_HOOKS:
             alarm_services.ALARM_EVENT_HOOKS.append(notifications.queue_alarm_event)
+        from django.db.models.signals import pre_delete  # noqa: PLC0415
+
+        from fieldlink.telemetry.models import Series  # noqa: PLC0415
+        from fieldlink.telemetry.receivers import delete_samples_of_series  # noqa: PLC0415
+
+        pre_delete.connect(
+            delete_samples_of_series, sender=Series, dispatch_uid="telemetry-series-samples"
+        )
+        # Export sections and the organisation-purge hook register on import, in every process.
+        from fieldlink.telemetry import exports  # noqa: F401, PLC0415

@@ -6,8 +6,7 @@ the ingestion path is the hottest path of the service and needs none of it. What
 would have given it is done here: HTTPS only, the Host checked against ALLOWED_HOSTS, the
 baseline security headers, JSON errors with stable codes.
 
-HTTP statuses of error kinds: the twin of ``fieldlink.cloud.errors`` (apps may not import
-``fieldlink.cloud``).
+The HTTP status of each error kind is ``kit.errors.HTTP_STATUS``, as for the API and the pages.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from django.http.request import split_domain_port, validate_host
 
 from fieldlink.devices import edge_services
 from fieldlink.devices.credentials import IssuedSecret, authenticate
-from fieldlink.kit.errors import ErrorKind, FieldlinkError, RateLimitedError
+from fieldlink.kit.errors import HTTP_STATUS, FieldlinkError, RateLimitedError
 from fieldlink.protocol.edge import (
     ANNOUNCE_PATH,
     ENROLL_PATH,
@@ -49,17 +48,6 @@ Send = Callable[[Message], Awaitable[None]]
 PREFIX: Final = "/edge/v1/"
 TELEMETRY_PATH: Final = "/edge/v1/telemetry"
 
-STATUS: Final[dict[ErrorKind, int]] = {
-    "invalid": 422,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "rate_limited": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
 
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 _ack_encoder: Final = msgspec.json.Encoder()
@@ -101,7 +89,7 @@ def _refusal(exc: Exception) -> Reply:
         status, payload, _ = _error(429, exc.code, exc.message, exc.details)
         return status, payload, [(b"retry-after", str(exc.retry_after).encode())]
     if isinstance(exc, FieldlinkError):
-        return _error(STATUS[exc.kind], exc.code, exc.message, exc.details)
+        return _error(HTTP_STATUS[exc.kind], exc.code, exc.message, exc.details)
     raise exc
 
 

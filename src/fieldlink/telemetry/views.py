@@ -25,7 +25,7 @@ from fieldlink.accounts import auth
 from fieldlink.accounts.access import Scope
 from fieldlink.accounts.templatetags.fieldlink_orgs import ORG_SESSION_KEY
 from fieldlink.devices.models import Area, Health, Site
-from fieldlink.kit.errors import ErrorKind, FieldlinkError
+from fieldlink.kit.errors import HTTP_STATUS, FieldlinkError
 from fieldlink.telemetry import services
 
 # (label, icon) per NE 107 status; the colours are in assets.css (.health-<value>).
@@ -60,19 +60,6 @@ class AssetFilterForm(forms.Form):
             area_field.queryset = scope.filter(Area.objects.select_related("site"))
 
 
-# The web twin of the API's status per error kind (apps may not import fieldlink.cloud).
-_PAGE_STATUS: dict[ErrorKind, int] = {
-    "invalid": 422,
-    "unauthenticated": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "conflict": 409,
-    "too_large": 413,
-    "rate_limited": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
-
 _View = Callable[..., HttpResponse]
 
 
@@ -91,7 +78,7 @@ def page_errors(view: _View) -> _View:
                 request,
                 "orgs/error.html",
                 {"message": exc.message, "code": exc.code, "back_scope": back},
-                status=_PAGE_STATUS[exc.kind],
+                status=HTTP_STATUS[exc.kind],
             )
 
     return wrapper
