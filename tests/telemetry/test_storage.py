@@ -182,3 +182,18 @@ def test_delete_before_counts_rows_of_the_named_series_only(series: list[int]) -
     assert storage.delete_before([a, c], T0 + 7000) == 0
     assert storage.delete_before([a, b], T0 + 9000) == 2 + 9
     assert everything(a) == everything(b) == []
+
+
+def test_deleting_a_measuring_point_deletes_its_samples_and_no_others() -> None:
+    plant = make_plant("del", points=2)
+    sids = storage.ensure_series(plant.points)
+    doomed, kept = sids[plant.points[0].pk], sids[plant.points[1].pk]
+    with transaction.atomic():
+        storage.write_samples([(doomed, T0, 1.0, 192), (kept, T0, 2.0, 192)])
+        storage.compact()
+        storage.write_samples([(doomed, T0 + 1, 1.5, 192)])  # still in the hot table on SQLite
+    with transaction.atomic():
+        plant.points[0].delete()
+    # The raw tables have no foreign key: the series' samples went with it, found by id.
+    assert everything(doomed) == []
+    assert everything(kept) == [(T0, 2.0, 192)]
