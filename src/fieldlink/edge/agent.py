@@ -25,7 +25,7 @@ import random
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import httpx
 import msgspec
@@ -178,11 +178,14 @@ class Agent:
         stopping = asyncio.create_task(self._stopping.wait(), name="stopping")
         failure: BaseException | None = None
         try:
-            done, _ = await asyncio.wait([*workers, stopping], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopping and task.exception() is not None:
-                    failure = task.exception()
-                    log.error("agent_component_failed", component=task.get_name())
+            waiting: set[asyncio.Task[Any]] = {*workers, stopping}
+            # A poller with no sources ends at once and that is fine: the uplink still drains.
+            while stopping in waiting and failure is None:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stopping and task.exception() is not None:
+                        failure = task.exception()
+                        log.error("agent_component_failed", component=task.get_name())
         finally:
             self.stop()
             pending = [*workers, announcing, stopping]
