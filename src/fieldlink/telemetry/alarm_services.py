@@ -281,7 +281,8 @@ def on_samples(device: EdgeDevice, samples: Sequence[StoredSample]) -> None:
     """Evaluate a stored batch against the limits of its points (an ``INGEST_HOOKS`` entry)."""
     by_point: dict[UUID, list[StoredSample]] = defaultdict(list)
     for sample in samples:
-        by_point[sample.point_id].append(sample)
+        if sample.limited:  # ingestion knows which points have limits: no query for the rest
+            by_point[sample.point_id].append(sample)
     if not by_point:
         return
     thresholds = (
