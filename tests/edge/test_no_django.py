@@ -17,15 +17,20 @@ for module in pkgutil.walk_packages(fieldlink.edge.__path__, "fieldlink.edge."):
         continue  # imported only when an OPC UA source is configured (checked apart)
     importlib.import_module(module.name)
 loaded = sorted(m for m in sys.modules if m == "django" or m.startswith("django."))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] == "cryptography")
 print(",".join(loaded) or "none")
+print(",".join(heavy) or "none")
 """
 
 
-def test_agent_modules_and_cli_load_no_django() -> None:
+def test_agent_modules_and_cli_load_no_django_and_no_cryptography() -> None:
     done = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
     )
-    assert done.stdout.strip() == "none"
+    django, cryptography = done.stdout.split()
+    assert django == "none"
+    # 16 MB the agent does not need (its TLS is the ssl module's; kit.tls_client avoids it).
+    assert cryptography == "none"
 
 
 def test_edge_help_runs_without_django_settings() -> None:

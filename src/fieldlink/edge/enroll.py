@@ -19,7 +19,7 @@ import httpx
 import msgspec
 
 from fieldlink.kit.files import write_atomically
-from fieldlink.kit.tls import TLSConfigurationError, client_ssl_context
+from fieldlink.kit.tls_client import TLSConfigurationError, client_ssl_context
 from fieldlink.protocol.edge import ENROLL_PATH, CredentialIssued, EnrollRequest
 
 __all__ = [

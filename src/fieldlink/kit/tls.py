@@ -29,8 +29,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fieldlink.kit.errors import FieldlinkError
 from fieldlink.kit.files import write_atomically
+from fieldlink.kit.tls_client import (  # re-exported: kit.tls stays the one place to look
+    TLSConfigurationError,
+    client_ssl_context,
+    describe_ssl_error,
+)
 
 __all__ = [
     "CA_CERT_FILENAME",
@@ -91,13 +95,6 @@ _DNS_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
 
 _IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _IssuerKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-
-
-class TLSConfigurationError(FieldlinkError):
-    """Certificates or keys that cannot be used. Messages name files, never key material."""
-
-    code = "tls_configuration"
-    kind = "invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,38 +226,13 @@ def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
         ) from None
     except ssl.SSLError as exc:
         raise TLSConfigurationError(
-            f"cannot use TLS certificate {cert} with key {key}: {_describe_ssl_error(exc)}",
+            f"cannot use TLS certificate {cert} with key {key}: {describe_ssl_error(exc)}",
             details={"cert": str(cert), "key": str(key)},
         ) from None
     except OSError as exc:
         raise TLSConfigurationError(
             f"cannot read TLS certificate {cert} or key {key}: {exc.strerror}",
             details={"cert": str(cert), "key": str(key)},
-        ) from None
-    return context
-
-
-def client_ssl_context(ca_bundle: Path) -> ssl.SSLContext:
-    """A client context that trusts only ``ca_bundle``, verifies the hostname, TLS 1.2 or newer."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.check_hostname = True
-    # RFC 5280 strict checks (Python 3.13+ default); our certificates are made to pass them.
-    context.verify_flags |= ssl.VERIFY_X509_STRICT
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
-    _load_certificates(ca_bundle)  # a clear error for a missing or empty bundle
-    try:
-        context.load_verify_locations(cafile=ca_bundle)
-    except ssl.SSLError as exc:
-        raise TLSConfigurationError(
-            f"CA bundle {ca_bundle} holds no usable certificate: {_describe_ssl_error(exc)}",
-            details={"ca_bundle": str(ca_bundle)},
-        ) from None
-    except OSError as exc:
-        raise TLSConfigurationError(
-            f"cannot read CA bundle {ca_bundle}: {exc.strerror}",
-            details={"ca_bundle": str(ca_bundle)},
         ) from None
     return context
 
@@ -568,16 +540,3 @@ class _EncryptedKeyError(Exception):
 def _refuse_encrypted_key() -> bytes:
     # Without a callback OpenSSL would prompt on the terminal and hang a headless server.
     raise _EncryptedKeyError
-
-
-_SSL_REASONS = {
-    "KEY_VALUES_MISMATCH": "the private key does not belong to the certificate",
-    "NO_START_LINE": "a file is not in PEM format or holds the wrong kind of object",
-    "EE_KEY_TOO_SMALL": "the certificate's key is too small for the security level",
-    "CA_MD_TOO_WEAK": "the certificate's signature algorithm is too weak",
-}
-
-
-def _describe_ssl_error(exc: ssl.SSLError) -> str:
-    reason = exc.reason or ""
-    return _SSL_REASONS.get(reason, reason.replace("_", " ").lower() or "unreadable")
