@@ -51,7 +51,11 @@ ANNOUNCE_RETRY_CAP_S: Final = 300.0
 
 
 class ControlError(Exception):
-    """A control request (announce, rotate) did not succeed; retried later."""
+    """A control request (announce, rotate) did not succeed; ``status`` if the cloud answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Agent:
@@ -121,21 +125,36 @@ class Agent:
                     if len(data) > MAX_CONTROL_RESPONSE:
                         raise ControlError(f"{path}: the answer is too large")
         except httpx.HTTPError as exc:
-            raise ControlError(f"{path}: {type(exc).__name__}") from exc
+            raise ControlError(f"{path}: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
-            raise ControlError(f"{path}: HTTP {response.status_code}")
+            raise ControlError(
+                f"{path}: HTTP {response.status_code} {data[:300]!r}", response.status_code
+            )
         return data
 
     async def announce(self) -> None:
-        """Tell the cloud what this agent reads, retrying with backoff until it is accepted."""
+        """Tell the cloud what this agent reads, retrying with backoff until it is answered.
+
+        Sending waits for this (``announced``): values of points the cloud does not know yet
+        would be refused and quarantined. If the cloud refuses the announcement itself (a 4xx:
+        e.g. a unit it does not know), that is logged and sending starts anyway, for the points
+        an admin created by hand. Failures are logged once, with their cause; retries are quiet.
+        """
         message = Announce(instruments=[i.announce() for i in self.poller.describe()])
         body = msgspec.json.encode(message)
         delay = 2.0
+        logged = False
         while not self._stopping.is_set():
             try:
                 await self._post(ANNOUNCE_PATH, body)
             except ControlError as exc:
-                log.warning("announce_failed", error=str(exc), retry_in_s=round(delay))
+                if exc.status is not None and 400 <= exc.status < 500:
+                    log.warning("announce_refused", error=str(exc))
+                    self.announced.set()
+                    return
+                if not logged:
+                    log.warning("announce_failed", error=str(exc))
+                    logged = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay * random.uniform(0.5, 1))  # noqa: S311
                 delay = min(delay * 2, ANNOUNCE_RETRY_CAP_S)
@@ -143,6 +162,15 @@ class Agent:
             log.info("announced", instruments=len(message.instruments))
             self.announced.set()
             return
+
+    async def _send_after_announce(self) -> None:
+        announced = asyncio.create_task(self.announced.wait())
+        stopping = asyncio.create_task(self._stopping.wait())
+        await asyncio.wait([announced, stopping], return_when=asyncio.FIRST_COMPLETED)
+        for task in (announced, stopping):
+            task.cancel()
+        if not self._stopping.is_set():
+            await self.uplink.run()
 
     async def _rotate(self) -> None:
         try:
@@ -172,7 +200,7 @@ class Agent:
         log.info("agent_started", sources=len(self.config.sources), version=self.software_version)
         workers = [
             asyncio.create_task(self.poller.run(), name="poller"),
-            asyncio.create_task(self.uplink.run(), name="uplink"),
+            asyncio.create_task(self._send_after_announce(), name="uplink"),
         ]
         announcing = asyncio.create_task(self.announce(), name="announce")
         stopping = asyncio.create_task(self._stopping.wait(), name="stopping")

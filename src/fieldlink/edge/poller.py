@@ -93,8 +93,10 @@ class Poller:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Poll until ``stop()`` (or cancellation); drivers are closed on the way out."""
-        self._stopping.clear()
+        """Poll until ``stop()`` (or cancellation); drivers are closed on the way out.
+
+        A ``stop()`` that came before ``run()`` is kept: the flag is reset only on the way out.
+        """
         try:
             async with asyncio.TaskGroup() as group:
                 for run in self._runs:
@@ -102,6 +104,7 @@ class Poller:
         finally:
             for run in self._runs:
                 await _close(run.driver)
+            self._stopping.clear()
 
     def _jittered(self, seconds: float) -> float:
         return seconds * self._rng.uniform(1 - JITTER, 1 + JITTER)

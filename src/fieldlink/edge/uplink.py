@@ -359,8 +359,11 @@ class Uplink:
                 await self._sleep(outcome.delay)
 
     async def run(self) -> None:
-        """Send until ``stop()``; a lane that fails unexpectedly ends the loop with its error."""
-        self._stop.clear()
+        """Send until ``stop()``; a lane that fails unexpectedly ends the loop with its error.
+
+        A ``stop()`` that came before ``run()`` is kept (the flag is reset only on the way out),
+        so a SIGTERM during start-up is not lost.
+        """
         lanes = [asyncio.create_task(self._lane(lane)) for lane in ("backlog", "live")]
         stopper = asyncio.create_task(self._stop.wait())
         try:
@@ -375,6 +378,7 @@ class Uplink:
                 task.cancel()
             await asyncio.gather(*lanes, stopper, return_exceptions=True)
             self.status.state = "stopped"
+            self._stop.clear()
 
     def stop(self) -> None:
         self._stop.set()
