@@ -54,7 +54,6 @@ from django.utils import timezone
 from fieldlink.accounts.access import Permission, PermissionDeniedError, Scope
 from fieldlink.accounts.services import audit
 from fieldlink.kit.logging import get_logger
-from fieldlink.settings import load_settings
 from fieldlink.telemetry import webhooks
 from fieldlink.telemetry.errors import WebhookInvalidError, WebhookLimitError, WebhookStateError
 from fieldlink.telemetry.models import (
@@ -686,7 +685,7 @@ def public_url(path: str) -> str:
     """An absolute https URL for a link in an e-mail (no request to build it from)."""
     hosts = [h.lstrip(".") for h in settings.ALLOWED_HOSTS if h.lstrip(".") and h != "*"]
     host = hosts[0] if hosts else "localhost"
-    port = load_settings().effective_public_https_port
+    port = settings.FIELDLINK.effective_public_https_port
     return f"https://{host}{'' if port == 443 else f':{port}'}{path}"
 
 
