@@ -77,15 +77,19 @@ class Agent:
         self.buffer = Buffer(
             base / config.buffer.path, max_bytes=config.buffer.max_mb * 1024 * 1024
         )
-        self.uplink = Uplink(
-            self.url,
-            ca_file=self.ca_file,
-            credential_file=self.credential_file,
-            buffer=self.buffer,
-            software_version=software_version,
-            transport=transport,
-            on_ack=self._on_ack,
-        )
+        try:
+            self.uplink = Uplink(
+                self.url,
+                ca_file=self.ca_file,
+                credential_file=self.credential_file,
+                buffer=self.buffer,
+                software_version=software_version,
+                transport=transport,
+                on_ack=self._on_ack,
+            )
+        except BaseException:
+            self.buffer.close()  # a refused credential or CA: leave the buffer file cleanly
+            raise
         self.poller = Poller(config.sources, self._on_readings, driver_factory=driver_factory)
         self._control = httpx.AsyncClient(
             verify=tls_context(self.ca_file),
