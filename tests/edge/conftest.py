@@ -181,8 +181,11 @@ def listening_sockets() -> set[tuple[str, int]]:
 # -- certificates -------------------------------------------------------------------------
 
 
-def pki_for(directory: Path, host: str) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate naming only ``host`` (ca.pem, server.pem, server.key)."""
+def pki_for(directory: Path, host: str, *, expired: bool = False) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate naming only ``host`` (ca.pem, server.pem, server.key).
+
+    ``expired``: the server certificate ran out yesterday; everything else is right.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -216,8 +219,8 @@ def pki_for(directory: Path, host: str) -> tuple[Path, Path, Path]:
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
+        .not_valid_before(now - timedelta(days=10) if expired else now - timedelta(minutes=5))
+        .not_valid_after(now - timedelta(days=1) if expired else now + timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([name]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),

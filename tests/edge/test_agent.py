@@ -45,7 +45,6 @@ from tests.edge.agent_support import (
     Stored,
     connections_to,
     edge_toml,
-    expired_pki,
     instruments_for,
     make_agent_device,
     point_names,
@@ -305,7 +304,7 @@ def _wrong_ca(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def _expired(directory: Path) -> tuple[Path, Path, Path]:
-    return expired_pki(directory, "127.0.0.1")
+    return pki_for(directory, "127.0.0.1", expired=True)
 
 
 def _wrong_host(directory: Path) -> tuple[Path, Path, Path]:

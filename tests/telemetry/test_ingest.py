@@ -145,7 +145,10 @@ def test_concurrent_duplicates_store_one_batch() -> None:
     if connection.vendor == "sqlite" and connection.is_in_memory_db():
         # Shared-cache in-memory SQLite locks whole tables without a busy timeout; the file
         # database the server uses serialises writers (BEGIN IMMEDIATE) instead.
-        pytest.skip("needs a file or PostgreSQL database")
+        pytest.skip(
+            "needs a file or PostgreSQL database: runs in the PostgreSQL pass, and on a file "
+            "SQLite through the real server in test_https_ingest"
+        )
     plant = make_plant()
     batch = batch_for(plant, 1, n=50)
     barrier = threading.Barrier(4)

@@ -186,7 +186,7 @@ def test_the_task_is_periodic_and_reports_counts() -> None:
 
 def test_sqlite_run_drains_the_hot_table() -> None:
     if connection.vendor != "sqlite":
-        pytest.skip("PostgreSQL has no hot table")
+        pytest.skip("SQLite-only behaviour: PostgreSQL has no hot table")
     plant = make_plant("hot", points=1)
     (sid,) = series_of(plant)
     storage.compact()
@@ -210,7 +210,7 @@ def test_a_busy_partition_defers_the_run_instead_of_queueing_ingestion(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if connection.vendor != "postgresql":
-        pytest.skip("partitions are PostgreSQL's")
+        pytest.skip("PostgreSQL-only behaviour: day partitions (runs in the PostgreSQL pass)")
     plant = make_plant("busy", points=1)
     retention_days(plant, 30)
     (sid,) = series_of(plant)
@@ -235,7 +235,10 @@ def test_a_busy_partition_defers_the_run_instead_of_queueing_ingestion(
 @pytest.mark.django_db(transaction=True)
 def test_two_runs_at_once_delete_once_and_fail_nothing() -> None:
     if connection.vendor == "sqlite" and connection.is_in_memory_db():
-        pytest.skip("needs a file or PostgreSQL database (see test_ingest)")
+        pytest.skip(
+            "two connections need a file or PostgreSQL database (in-memory SQLite locks "
+            "whole tables without a busy timeout): runs in the PostgreSQL pass"
+        )
     now = timezone.now()
     plant = make_plant("twice", points=3)
     retention_days(plant, 30)

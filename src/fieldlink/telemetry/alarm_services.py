@@ -45,6 +45,7 @@ from fieldlink.telemetry.models import (
     Severity,
     Threshold,
 )
+from fieldlink.telemetry.querying import now_ms
 
 __all__ = [
     "ALARM_EVENT_HOOKS",
@@ -175,9 +176,7 @@ def set_thresholds(
         threshold.state_ts = latest.ts
     elif threshold.state != Level.NORMAL:
         # No good value to judge by: the old state has no basis under the new limits.
-        _move(
-            threshold, point, Level(threshold.state), Level.NORMAL, value=None, ts=alarms_now_ms()
-        )
+        _move(threshold, point, Level(threshold.state), Level.NORMAL, value=None, ts=now_ms())
     threshold.save()
     audit(
         scope,
@@ -203,15 +202,9 @@ def remove_thresholds(
         return
     before = _threshold_fields(threshold)
     if threshold.state != Level.NORMAL:
-        _move(
-            threshold, point, Level(threshold.state), Level.NORMAL, value=None, ts=alarms_now_ms()
-        )
+        _move(threshold, point, Level(threshold.state), Level.NORMAL, value=None, ts=now_ms())
     threshold.delete()
     audit(scope, "thresholds.removed", target=point, before=before, request=request)
-
-
-def alarms_now_ms() -> int:
-    return int(timezone.now().timestamp() * 1000)
 
 
 # -- evaluation (ingestion hook) --------------------------------------------------------------
