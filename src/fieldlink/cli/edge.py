@@ -66,7 +66,41 @@ def run(
     try:
         loaded = load_config(config)
         # Relative paths in the file are relative to the file, wherever the agent is started.
-        asyncio.run(main(loaded, software_version=__version__, base_dir=config.resolve().parent))
+        code = asyncio.run(
+            main(loaded, software_version=__version__, base_dir=config.resolve().parent)
+        )
     except (ConfigError, EnrollmentError, UplinkConfigError) as exc:
         typer.echo(f"fieldlink edge run: {exc}", err=True)
         raise typer.Exit(2) from exc
+    # 75 (slots.EXIT_RESTART_FOR_UPDATE) tells the supervisor to switch to the staged slot.
+    raise typer.Exit(code)
+
+
+@edge_app.command("supervise")
+def supervise(
+    config: Annotated[Path, typer.Option(help="The agent's edge.toml")] = Path("edge.toml"),
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            help="Slots and update state (default: update.home in edge.toml, else its dir)"
+        ),
+    ] = None,
+    health_timeout: Annotated[
+        float,
+        typer.Option(min=1.0, help="Seconds a new version has to reach the cloud, else rollback"),
+    ] = 120.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error")] = "info",
+) -> None:
+    """Run the agent of the current slot; switch to a staged update, roll back a failed one."""
+    from fieldlink.edge.slots import default_home  # noqa: PLC0415
+    from fieldlink.edge.supervisor import SupervisorError  # noqa: PLC0415
+    from fieldlink.edge.supervisor import supervise as run_supervisor  # noqa: PLC0415
+    from fieldlink.kit.logging import configure_logging  # noqa: PLC0415
+
+    configure_logging(log_level.upper())
+    try:
+        code = run_supervisor(config, home or default_home(config), health_timeout_s=health_timeout)
+    except SupervisorError as exc:
+        typer.echo(f"fieldlink edge supervise: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)

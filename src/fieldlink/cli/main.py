@@ -13,6 +13,7 @@ from fieldlink import __version__
 from fieldlink.cli.demo import demo
 from fieldlink.cli.edge import edge_app
 from fieldlink.cli.plant import plant
+from fieldlink.cli.release import release_app, updates_app
 
 app = typer.Typer(
     name="fieldlink",
@@ -24,6 +25,8 @@ app = typer.Typer(
 
 
 app.add_typer(edge_app, name="edge")
+app.add_typer(release_app, name="release")
+app.add_typer(updates_app, name="updates")
 app.command("plant")(plant)
 app.command("demo")(demo)
 

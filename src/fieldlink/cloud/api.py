@@ -48,7 +48,7 @@ api.add_router("", accounts_router)
 api.add_router("", organisations_router)
 api.add_router("", devices_router)  # /units, /orgs/{org_id}/sites|areas|assets|points|devices
 api.add_router("/telemetry", telemetry_router)
-api.add_router("/updates", updates_router)
+api.add_router("", updates_router)  # /releases, /orgs/{org_id}/rollouts|update-alerts, …
 api.add_router("/support", support_router)
 api.add_router("/billing", billing_router)
 api.add_router("", audit_router)  # /orgs/{org_id}/audit…

@@ -28,6 +28,7 @@ urlpatterns = [
     path("orgs/<uuid:org_id>/assets/", include("fieldlink.telemetry.urls")),
     path("orgs/<uuid:org_id>/alarms/notifications/", include("fieldlink.telemetry.webhook_urls")),
     path("orgs/<uuid:org_id>/alarms/", include("fieldlink.telemetry.alarm_urls")),
+    path("orgs/<uuid:org_id>/updates/", include("fieldlink.updates.urls")),
     path("invitations/<str:token>/", accounts_views.invitation, name="invitation"),
     path("_allauth/", include("allauth.headless.urls")),
     path("api/v1/", api.urls),

@@ -201,6 +201,21 @@ class EdgeDevice(models.Model):
     dropped_total = models.BigIntegerField(default=0)
     last_error = models.CharField(max_length=300, blank=True)
     status_at = models.DateTimeField(null=True, blank=True)
+    # Updates (fieldlink.updates): free-text group for choosing rollout targets, the version a
+    # rollout offers (told in every ack), and what the device last reported about its
+    # configuration, its update and its last TUF check (protocol DeviceReport).
+    group = models.CharField(max_length=100, blank=True, db_index=True)
+    desired_software_version = models.CharField(max_length=100, blank=True)
+    applied_config_version = models.PositiveIntegerField(default=0)
+    applied_config_hash = models.CharField(max_length=64, blank=True)
+    config_error = models.CharField(max_length=300, blank=True)
+    update_state = models.CharField(max_length=16, blank=True)
+    update_version = models.CharField(max_length=100, blank=True)
+    update_error = models.CharField(max_length=300, blank=True)
+    update_check_ok = models.BooleanField(default=True)
+    update_check_error_code = models.CharField(max_length=32, blank=True)
+    update_check_error = models.CharField(max_length=300, blank=True)
+    update_checked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering: ClassVar[list[str]] = ["name"]

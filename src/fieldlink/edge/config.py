@@ -16,6 +16,11 @@ Shape (relative paths are relative to the agent's working directory)::
     path = "/var/lib/fieldlink/buffer.sqlite"
     max_mb = 512
 
+    [update]                                    # optional: signed updates and configuration
+    home = "/var/lib/fieldlink"                 # default: this file's directory
+    check_interval_s = 3600                     # ±20 % jitter; a check also follows the cloud
+    health_timeout_s = 120                      # the supervisor's wait for a healthy start
+
     [[sources]]
     name = "plant-modbus"
     kind = "modbus"                             # modbus | opcua | simulator
@@ -74,8 +79,9 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -100,9 +106,15 @@ __all__ = [
     "SimulatedInstrument",
     "SimulatorSource",
     "Source",
+    "UpdateConfig",
+    "check_sources",
+    "convert",
     "load_config",
     "parse_config",
 ]
+
+
+_T = TypeVar("_T")
 
 
 class ConfigError(FieldlinkError):
@@ -151,6 +163,13 @@ class CloudConfig(_Struct, frozen=True, kw_only=True):
 class BufferConfig(_Struct, frozen=True, kw_only=True):
     path: FilePath = "var/edge/buffer.sqlite"
     max_mb: Annotated[int, Meta(ge=1, le=1_048_576)] = 512
+
+
+class UpdateConfig(_Struct, frozen=True, kw_only=True):
+    # Where slots, trusted metadata and the applied configuration live; relative to this file.
+    home: FilePath | None = None
+    check_interval_s: Annotated[int, Meta(ge=60, le=7 * 86_400)] = 3600
+    health_timeout_s: Annotated[int, Meta(ge=10, le=3600)] = 120
 
 
 class _Point(_Struct, frozen=True, kw_only=True):
@@ -274,13 +293,19 @@ Source = ModbusSource | OpcUaSource | SimulatorSource
 class EdgeConfig(_Struct, frozen=True, kw_only=True):
     cloud: CloudConfig
     buffer: BufferConfig = BufferConfig()
+    update: UpdateConfig = UpdateConfig()
     sources: list[Source] = []
 
 
-def _unique(config: EdgeConfig) -> None:
+def check_sources(sources: Sequence[Source]) -> None:
+    """The rules no single table can check: unique source names, tags and point keys.
+
+    Shared by edge.toml and the signed per-device configuration (``edge.device_config``): a
+    source list the cloud sends is held to exactly the rules of one written by hand.
+    """
     names: set[str] = set()
     tags: dict[str, str] = {}
-    for i, source in enumerate(config.sources):
+    for i, source in enumerate(sources):
         if source.name in names:
             raise ConfigError(f"sources[{i}].name: {source.name!r} is used by another source")
         names.add(source.name)
@@ -331,17 +356,22 @@ def _where(message: str) -> str:
     return f"{path}: {text}" if path else text
 
 
+def convert(raw: Any, kind: type[_T]) -> _T:
+    """``raw`` (parsed TOML or JSON) as ``kind``, or ConfigError naming the key at fault."""
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_where(str(exc))) from exc
+
+
 def parse_config(text: str) -> EdgeConfig:
     """The configuration in ``text`` (TOML), fully checked, or ConfigError naming the key."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"edge.toml is not valid TOML: {exc}") from exc
-    try:
-        config = msgspec.convert(raw, EdgeConfig)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_where(str(exc))) from exc
-    _unique(config)
+    config = convert(raw, EdgeConfig)
+    check_sources(config.sources)
     return config
 
 

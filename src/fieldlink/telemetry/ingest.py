@@ -115,7 +115,8 @@ def _ack(device: EdgeDevice, *, accepted: bool, duplicate: bool) -> Ack:
         accepted=accepted,
         duplicate=duplicate,
         desired_config_version=device.desired_config_version,
-        update_available=None,  # filled by the updates context when releases exist
+        # Set by a staged rollout (fieldlink.updates); the row is already loaded: no query.
+        update_available=device.desired_software_version or None,
         rotate_credential=device.rotate_credential,
     )
 

@@ -56,6 +56,7 @@ def org_subnav(context: template.Context, scope: Scope) -> dict[str, Any]:
     if Permission.DATA_VIEW in scope.permissions:
         links.insert(1, ("Assets", _url("assets:list", org_id, overview + "assets/")))
         links.insert(2, ("Alarms", _url("alarms:list", org_id, overview + "alarms/")))
+        links.insert(3, ("Updates", _url("updates:overview", org_id, overview + "updates/")))
     links.insert(-1, ("Plant", _url("plant:hierarchy", org_id, overview + "plant/")))
     # Shown by role, not by the deletion state: both stay readable while deletion is pending.
     if Permission.AUDIT_VIEW in scope.permissions:
