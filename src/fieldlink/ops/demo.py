@@ -24,8 +24,10 @@ from fieldlink.accounts.models import Organisation, Region, User
 from fieldlink.devices import services as device_services
 from fieldlink.devices.models import EdgeDevice
 from fieldlink.kit.files import write_atomically
+from fieldlink.updates import repository, tuf_repo
+from fieldlink.updates import services as update_services
 
-__all__ = ["DEMO_EMAIL", "Demo", "ensure_demo", "new_enrollment_code"]
+__all__ = ["DEMO_EMAIL", "Demo", "ensure_demo", "ensure_update_repository", "new_enrollment_code"]
 
 DEMO_EMAIL: Final = "admin@demo.fieldlink.localhost"
 DEMO_ORG: Final = "Demo plant"
@@ -95,3 +97,34 @@ def new_enrollment_code(demo: Demo) -> str:
         owner = User.objects.get(email__iexact=demo.email)
         scope = access.resolve(Principal(owner, "session"), demo.organisation_id)
         return device_services.new_enrollment_code(scope, demo.device_id).secret
+
+
+def ensure_update_repository() -> bool:
+    """A signed-update repository for the demo, made on first use; True when made now.
+
+    The cloud's online keys are created (``var/tuf/online/``) and a root, targets and empty
+    release role are signed with offline keys generated here and then thrown away: nothing of
+    them is written anywhere. The demo can therefore sign device configuration (online key)
+    but never software, which is the point of the offline keys; ``docs/updates.md`` shows how
+    a release engineer sets up a real repository with ``fieldlink release``.
+    """
+    if repository.has_repository():
+        return False
+    online = repository.online_signers(create=True)
+    release = tuf_repo.new_signer()
+    offline = tuf_repo.Repository.offline(
+        root=[tuf_repo.new_signer()],
+        targets=[tuf_repo.new_signer()],
+        release=[release.public_key],
+        online=online,
+        root_threshold=1,
+        targets_threshold=1,
+        release_threshold=1,
+    )
+    offline.signers[tuf_repo.ROLE_RELEASE] = [release]
+    offline.sign_role(tuf_repo.ROLE_RELEASE, bump=False)
+    with transaction.atomic():
+        update_services.publish_release(
+            offline.files, {}, actor=update_services.AuditActor.command("fieldlink demo")
+        )
+    return True
