@@ -30,15 +30,9 @@ from fieldlink.edge.enroll import (
     read_device_id,
     write_credential,
 )
-from fieldlink.edge.updater import (
-    EdgeUpdater,
-    Limits,
-    UpdateCheckError,
-    compare_versions,
-    release_key,
-)
+from fieldlink.edge.updater import EdgeUpdater, Limits, UpdateCheckError
 from fieldlink.protocol.edge import ENROLL_PATH
-from fieldlink.protocol.updates import CHECK_ERRORS
+from fieldlink.protocol.updates import CHECK_ERRORS, compare_versions, release_version_key
 from fieldlink.updates.tuf_repo import Repository, new_signer
 from tests.edge.conftest import pki_for
 from tests.edge.tuf_support import (
@@ -209,6 +203,13 @@ def test_endless_target_refused_at_its_signed_length(world: World) -> None:
     world.server.misbehave.endless.add(world.served_target("software/fieldlink-agent-1.3.0.tar"))
     refused(lambda: world.updater().fetch_software("1.3.0"), "too_large")
     assert downloaded(world) == []
+
+
+def test_a_signed_target_over_the_size_limit_is_never_downloaded(world: World) -> None:
+    limits = Limits(software=1000, config=10)
+    refused(lambda: world.updater(limits=limits).fetch_software("1.3.0"), "too_large")
+    refused(lambda: world.updater(limits=limits).fetch_config(world.device.device_id), "too_large")
+    assert world.target_gets() == []
 
 
 def test_a_version_that_is_not_a_release_is_never_requested(world: World) -> None:
@@ -469,14 +470,14 @@ def test_a_device_without_a_signed_configuration_gets_none(world: World) -> None
 
 def test_release_versions_order_like_the_release_tooling() -> None:
     ordered = ["1.2.0a1", "1.2.0b2", "1.2.0rc1", "1.2.0", "1.2.0.1", "1.2.1", "1.10.0", "2.0"]
-    keys = [release_key(v) for v in ordered]
+    keys = [release_version_key(v) for v in ordered]
     assert all(k is not None for k in keys)
     assert keys == sorted(keys)  # type: ignore[type-var]
     assert compare_versions("1.2", "1.2.0") == 0
     assert compare_versions("1.1.0", "1.2.0") == -1
     assert compare_versions("1.1.0", "dev") is None
     for bad in ("", "1", "v1.2", "1.2.0/../x", "1.2.0-evil", "1.2.0.dev1"):
-        assert release_key(bad) is None
+        assert release_version_key(bad) is None
 
 
 # -- the trust anchor, pinned at enrollment ------------------------------------------------------

@@ -98,7 +98,8 @@ _REFUSALS: Final = frozenset(
     {"bad_signature", "rollback", "bad_target", "downgrade_refused", "too_large"}
 )
 
-Installer = Callable[[Path, Path, str], Path]
+# (verified bundle, home, version) -> the installed slot; slots.install_bundle in production
+BundleInstaller = Callable[[Path, Path, str], Path]
 
 
 class ControlError(Exception):
@@ -150,7 +151,7 @@ class Agent:
         home: Path | None = None,
         supervised: bool = False,
         updater: EdgeUpdater | None = None,
-        installer: Installer = _install_bundle,
+        installer: BundleInstaller = _install_bundle,
         check_interval_s: float | None = None,
         set_log_level: Callable[[str], None] | None = None,
     ) -> None:
@@ -220,7 +221,7 @@ class Agent:
         self._update_tried: str | None = None
         self._last_check_code: str | None = None
         self.announced = asyncio.Event()
-        self.checks = 0  # update checks finished (for tests and status)
+        self.checks = 0  # update checks finished
         self.last_report: DeviceReport | None = None
 
     # -- state from disk at start ----------------------------------------------------------------

@@ -29,7 +29,6 @@ runs: it loads ``cryptography``, which the agent does not need to start or to se
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 import uuid
@@ -42,7 +41,13 @@ import httpx
 
 from fieldlink.edge.enroll import EnrollmentError, read_credential, tls_context
 from fieldlink.kit.errors import FieldlinkError
-from fieldlink.protocol.updates import CHECK_ERRORS, TUF_METADATA_PATH, TUF_TARGETS_PATH
+from fieldlink.protocol.updates import (
+    CHECK_ERRORS,
+    TUF_METADATA_PATH,
+    TUF_TARGETS_PATH,
+    compare_versions,
+    release_version_key,
+)
 
 if TYPE_CHECKING:
     from tuf.ngclient import FetcherInterface, Updater
@@ -53,19 +58,12 @@ __all__ = [
     "SoftwareDownload",
     "UpdateCheckError",
     "compare_versions",
-    "release_key",
     "translate",
 ]
 
 _T = TypeVar("_T")
 
 MiB: Final = 1024 * 1024
-
-# Versions as the release tooling writes them (updates.tuf_repo.VERSION_RE): 1.4.0, 1.4.0rc1.
-VERSION_RE: Final = re.compile(
-    r"^(?P<release>[0-9]{1,6}(?:\.[0-9]{1,6}){1,3})(?:(?P<pre>a|b|rc)(?P<n>[0-9]{1,4}))?$"
-)
-_PRE_RANK: Final = {"a": 0, "b": 1, "rc": 2}
 
 
 class UpdateCheckError(FieldlinkError):
@@ -110,31 +108,8 @@ class SoftwareDownload:
     sha256: str
 
 
-def release_key(version: str) -> tuple[tuple[int, ...], tuple[int, int]] | None:
-    """A sort key for a release version (1.4.0rc1 < 1.4.0 < 1.4.1), None if not one."""
-    match = VERSION_RE.match(version)
-    if match is None:
-        return None
-    numbers = tuple(int(part) for part in match["release"].split("."))
-    numbers += (0,) * (4 - len(numbers))
-    pre = (_PRE_RANK[match["pre"]], int(match["n"])) if match["pre"] else (9, 0)
-    return numbers, pre
-
-
-def compare_versions(a: str, b: str) -> int | None:
-    """-1, 0 or 1 as ``a`` is older, the same or newer than ``b``; None if either is no release.
-
-    A development build ("0.1.0.dev3", "test") has no place in the order: nothing is a
-    downgrade from it.
-    """
-    key_a, key_b = release_key(a), release_key(b)
-    if key_a is None or key_b is None:
-        return None
-    return (key_a > key_b) - (key_a < key_b)
-
-
 def software_target(version: str) -> str:
-    if release_key(version) is None:
+    if release_version_key(version) is None:
         raise UpdateCheckError("bad_target", f"{version[:40]!r} is not a release version")
     return f"software/fieldlink-agent-{version}.tar"
 

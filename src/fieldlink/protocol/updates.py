@@ -20,13 +20,16 @@ from fieldlink.protocol.telemetry import BatchRefused
 
 __all__ = [
     "CHECK_ERRORS",
+    "RELEASE_VERSION_RE",
     "REPORT_PATH",
     "TUF_METADATA_PATH",
     "TUF_TARGETS_PATH",
     "UPDATE_STATES",
     "DeviceReport",
     "ReportAck",
+    "compare_versions",
     "decode_report",
+    "release_version_key",
 ]
 
 REPORT_PATH: Final = "/edge/v1/report"
@@ -51,6 +54,14 @@ CHECK_ERRORS: Final = frozenset(
     }
 )
 MAX_VERSION: Final = 100
+
+# Release versions as the release tooling writes them and both sides order them: 1.4.0,
+# 1.4.0.1, 1.4.0rc1 (a PEP 440 subset: no epochs, post or dev releases, no local part).
+RELEASE_VERSION_RE: Final = re.compile(
+    r"^(?P<release>[0-9]{1,6}(?:\.[0-9]{1,6}){1,3})(?:(?P<pre>a|b|rc)(?P<n>[0-9]{1,4}))?$"
+)
+_PRE_RANK: Final = {"a": 0, "b": 1, "rc": 2}
+_FINAL_RANK: Final = 3
 MAX_ERROR: Final = 300
 _SHA256: Final = re.compile(r"^(?:[0-9a-f]{64})?$")
 
@@ -106,3 +117,31 @@ def decode_report(body: bytes) -> DeviceReport:
     if not 0 <= report.checked_at_ms <= 2**63 - 1:
         raise BatchRefused("body_invalid", "checked_at_ms is out of range.")
     return report
+
+
+def release_version_key(version: str) -> tuple[tuple[int, ...], int, int] | None:
+    """A sort key (1.4.0a1 < 1.4.0rc1 < 1.4.0 == 1.4 < 1.4.0.1), None if not a release version.
+
+    Trailing zeros do not count, as in PEP 440.
+    """
+    match = RELEASE_VERSION_RE.match(version)
+    if match is None:
+        return None
+    numbers = [int(part) for part in match["release"].split(".")]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()
+    if match["pre"] is None:
+        return tuple(numbers), _FINAL_RANK, 0
+    return tuple(numbers), _PRE_RANK[match["pre"]], int(match["n"])
+
+
+def compare_versions(a: str, b: str) -> int | None:
+    """-1, 0 or 1 as ``a`` is older, the same or newer than ``b``; None if either is no release.
+
+    A development build ("0.1.0.dev3", "test") has no place in the order: nothing is a
+    downgrade from it.
+    """
+    key_a, key_b = release_version_key(a), release_version_key(b)
+    if key_a is None or key_b is None:
+        return None
+    return (key_a > key_b) - (key_a < key_b)

@@ -42,11 +42,12 @@ import enum
 import hashlib
 import itertools
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Final
+
+from fieldlink.protocol.updates import release_version_key
 
 __all__ = [
     "DEFAULT_FAILURE_THRESHOLD_PCT",
@@ -260,26 +261,9 @@ def outcome_of_report(
     return None
 
 
-_VERSION: Final = re.compile(r"^(?P<release>[0-9]+(?:\.[0-9]+)*)(?:(?P<pre>a|b|rc)(?P<n>[0-9]+))?$")
-_PRE_RANK: Final[Mapping[str, int]] = {"a": 0, "b": 1, "rc": 2}
-_FINAL_RANK: Final = 3
-
-
 def version_key(version: str) -> tuple[tuple[int, ...], int, int] | None:
-    """A sortable key for release versions (1.4.0 < 1.4.0.1, 1.4.0rc1 < 1.4.0), None if unknown.
-
-    Trailing zeros do not count (1.4 == 1.4.0), as in PEP 440, which these versions follow.
-    """
-    match = _VERSION.match(version.strip())
-    if match is None:
-        return None
-    numbers = [int(part) for part in match["release"].split(".")]
-    while len(numbers) > 1 and numbers[-1] == 0:
-        numbers.pop()
-    pre = match["pre"]
-    if pre is None:
-        return tuple(numbers), _FINAL_RANK, 0
-    return tuple(numbers), _PRE_RANK[pre], int(match["n"])
+    """The one release order of the contract (``protocol.updates``), shared with the agent."""
+    return release_version_key(version.strip())
 
 
 def is_downgrade(target: str, running: str) -> bool:

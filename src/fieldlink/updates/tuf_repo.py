@@ -54,6 +54,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from fieldlink.protocol.updates import RELEASE_VERSION_RE
+
 __all__ = [
     "BIN_PREFIX",
     "EXPIRY",
@@ -86,8 +88,6 @@ EXPIRY: Final[dict[str, timedelta]] = {
     Timestamp.type: timedelta(days=1),
 }
 
-# Versions are what pip and humans compare: digits and dots, optional pre-release suffix.
-VERSION_RE: Final = re.compile(r"^[0-9]{1,6}(?:\.[0-9]{1,6}){1,3}(?:(?:a|b|rc)[0-9]{1,4})?$")
 _SOFTWARE_RE: Final = re.compile(r"^software/fieldlink-agent-(?P<version>[0-9a-z.]{1,40})\.tar$")
 _SERIALIZER: Final = JSONSerializer(compact=True)
 
@@ -113,7 +113,7 @@ def signer_from_pem(pem: bytes, passphrase: bytes | None) -> CryptoSigner:
 
 
 def software_path(version: str) -> str:
-    if not VERSION_RE.match(version):
+    if not RELEASE_VERSION_RE.match(version):
         raise ValueError(f"{version!r} is not a release version (e.g. 1.4.0 or 1.4.0rc1).")
     return f"software/fieldlink-agent-{version}.tar"
 

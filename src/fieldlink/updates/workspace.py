@@ -38,9 +38,9 @@ from securesystemslib.signer import CryptoSigner, Key, Signer, SSlibKey
 from tuf.api.metadata import Metadata, Root, Targets
 from tuf.api.serialization.json import JSONSerializer
 
-from fieldlink.edge.updater import compare_versions
 from fieldlink.kit.errors import FieldlinkError
 from fieldlink.kit.files import write_atomically
+from fieldlink.protocol.updates import compare_versions
 from fieldlink.updates import tuf_repo
 from fieldlink.updates.bundle import BundleError, build_bundle, bundle_name, read_bundle
 
