@@ -144,10 +144,16 @@ def test_dev_run_shows_a_new_user_the_plants_live_values_on_a_phone(
         phone.shot("demo-01-live-values")
 
     agent = _agent(demo)
-    listening = [
-        c
-        for c in agent.net_connections(kind="all")
-        if c.status == psutil.CONN_LISTEN or (c.type == 2 and c.laddr)  # 2: SOCK_DGRAM
-    ]
-    assert listening == []
+    supervisor = agent.parent()
+    assert supervisor is not None
+    assert "supervise" in supervisor.cmdline()
+    for process in (agent, supervisor):
+        listening = [
+            c
+            for c in process.net_connections(kind="all")
+            if c.status == psutil.CONN_LISTEN or (c.type == 2 and c.laddr)  # 2: SOCK_DGRAM
+        ]
+        assert listening == []
+    # The trust anchor for signed updates was pinned at enrollment.
+    assert (demo.server.var_dir / "demo" / "tuf" / "metadata" / "root.json").exists()
     assert demo.server.log_text().count(password) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth import authenticate
@@ -14,7 +15,14 @@ from django.db import transaction
 from fieldlink.accounts.models import Membership, Role, User
 from fieldlink.devices import credentials
 from fieldlink.devices.models import EdgeDevice
-from fieldlink.ops.demo import DEMO_EMAIL, ensure_demo, new_enrollment_code
+from fieldlink.ops.demo import (
+    DEMO_EMAIL,
+    ensure_demo,
+    ensure_update_repository,
+    new_enrollment_code,
+)
+from fieldlink.updates import repository
+from fieldlink.updates.models import Release, TufMetadata
 from tests.plugins.log_canary import register_canary
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.backend]
@@ -65,3 +73,28 @@ def test_enrollment_code_enrolls_the_demo_device(tmp_path: Path) -> None:
         issued = credentials.enroll(code)
     register_canary(issued.secret)
     assert str(issued.device.pk) == demo.device_id
+
+
+def test_update_repository_is_made_once_with_no_offline_key_kept(
+    tmp_path: Path, settings: Any
+) -> None:
+    settings.VAR_DIR = tmp_path
+    assert ensure_update_repository() is True
+    assert repository.has_repository()
+    roles = set(TufMetadata.objects.values_list("role", flat=True))
+    assert {"root", "targets", "release", "config", "snapshot", "timestamp"} <= roles
+    assert not Release.objects.exists()  # configuration only: no software was signed
+    # The only private keys on disk are the cloud's three online keys.
+    keys = sorted(
+        p.relative_to(tmp_path)
+        for p in tmp_path.rglob("*")
+        if b"PRIVATE KEY" in (p.read_bytes() if p.is_file() else b"")
+    )
+    assert [str(k) for k in keys] == [
+        "tuf/online/config.pem",
+        "tuf/online/snapshot.pem",
+        "tuf/online/timestamp.pem",
+    ]
+    rows = TufMetadata.objects.count()
+    assert ensure_update_repository() is False
+    assert TufMetadata.objects.count() == rows

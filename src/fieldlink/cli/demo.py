@@ -2,9 +2,12 @@
 
 What ``./dev run`` starts. Three processes, as in a real installation: ``fieldlink serve`` (the
 cloud), ``fieldlink plant`` (instruments on real Modbus TCP and OPC UA servers on 127.0.0.1) and
-``fieldlink edge run`` (the agent, which opens no port). On the first run the demo organisation,
-its admin and the edge device are created, the agent is enrolled with a one-time code over TLS,
-and the admin's generated password is printed once. Ctrl-C stops everything; the agent's buffer
+``fieldlink edge supervise`` (the agent under its update supervisor; neither opens a port). On
+the first run the demo organisation, its admin and the edge device are created, a signed-update
+repository is set up (``ops.demo.ensure_update_repository``: device configuration can be signed
+and applied; software releases need a release engineer's own keys), the agent is enrolled with a
+one-time code over TLS and pins the repository's root, and the admin's generated password is
+printed once. Ctrl-C stops everything; the agent's buffer
 and the database survive for the next run.
 """
 
@@ -112,17 +115,40 @@ def _ports(modbus_port: int, opcua_port: int) -> list[str]:
     return ["--modbus-port", str(modbus_port), "--opcua-port", str(opcua_port)]
 
 
-def _enroll_agent(url: str, ca: Path, credential: Path, code: str) -> None:
+def _enroll_agent(url: str, ca: Path, credential: Path, code: str, home: Path) -> None:
     from fieldlink.edge.enroll import EnrollmentError, enroll  # noqa: PLC0415
 
     try:
         enrolled = enroll(
-            url, code, ca_file=ca, credential_file=credential, software_version=__version__
+            url,
+            code,
+            ca_file=ca,
+            credential_file=credential,
+            software_version=__version__,
+            home=home,
         )
     except EnrollmentError as exc:
         typer.echo(f"fieldlink demo: enrolling the agent failed: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if enrolled.trust_error:
+        typer.echo(f"fieldlink demo: no update trust anchor: {enrolled.trust_error}", err=True)
     typer.echo(f"Edge agent enrolled as {enrolled.device_name}.")
+
+
+def _pin_root(url: str, ca: Path, credential: Path, home: Path) -> None:
+    """An agent enrolled by an older demo has no update trust anchor yet: pin it as enrollment
+    would (downloaded with its credential over the CA-pinned connection)."""
+    from fieldlink.edge import enroll as enrolling  # noqa: PLC0415
+
+    if enrolling.trust_anchor_path(home).exists():
+        return
+    try:
+        data = enrolling.download_root(
+            url, ca_file=ca, credential=enrolling.read_credential(credential)
+        )
+        enrolling.pin_root(home, data)
+    except enrolling.EnrollmentError as exc:
+        typer.echo(f"fieldlink demo: no update trust anchor: {exc}", err=True)
 
 
 def demo(
@@ -137,7 +163,11 @@ def demo(
     from django.core.management import call_command  # noqa: PLC0415
 
     from fieldlink.edge.plant.run import write_plant_config  # noqa: PLC0415
-    from fieldlink.ops.demo import ensure_demo, new_enrollment_code  # noqa: PLC0415
+    from fieldlink.ops.demo import (  # noqa: PLC0415
+        ensure_demo,
+        ensure_update_repository,
+        new_enrollment_code,
+    )
 
     fl = settings.FIELDLINK
     var_dir = Path(fl.var_dir)
@@ -145,6 +175,8 @@ def demo(
     ca = var_dir / "tls" / "ca.pem"
     call_command("migrate", interactive=False, verbosity=0)
     the_demo = ensure_demo(var_dir)
+    ensure_update_repository()
+    home = var_dir / "demo"
     config = var_dir / "demo" / "edge.toml"
     if not config.exists():
         config.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -156,7 +188,8 @@ def demo(
         {
             "cloud": [*me, "serve"],
             "plant": [*me, "plant", *_ports(modbus_port, opcua_port)],
-            "agent": [*me, "edge", "run", "--config", str(config)],
+            # Under its supervisor, as in production: signed updates switch slots and roll back.
+            "agent": [*me, "edge", "supervise", "--config", str(config), "--home", str(home)],
         }
     )
     signal.signal(signal.SIGTERM, _interrupt)
@@ -165,7 +198,9 @@ def demo(
         _wait_ready(url, ca, children.running["cloud"])
         credential = var_dir / "demo" / "credential"
         if not credential.exists():
-            _enroll_agent(url, ca, credential, new_enrollment_code(the_demo))
+            _enroll_agent(url, ca, credential, new_enrollment_code(the_demo), home)
+        else:
+            _pin_root(url, ca, credential, home)
         children.start("plant")
         _wait_listening([modbus_port, opcua_port], children.running["plant"])
         children.start("agent")
