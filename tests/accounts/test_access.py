@@ -60,6 +60,7 @@ DOCUMENTED = {
         "org.settings",
         "audit.view",
         "export.request",
+        "rollouts.manage",
     },
     Role.OWNER: {
         "org.view",
@@ -71,6 +72,7 @@ DOCUMENTED = {
         "org.settings",
         "audit.view",
         "export.request",
+        "rollouts.manage",
         "org.delete",
         "ownership.transfer",
     },

@@ -174,7 +174,7 @@ def colleague_accepts(phone: OrgPhone, link: str, org_id: str, org_name: str, ow
     # An engineer gets no audit or export links, and no management buttons.
     subnav = page.locator("nav.subnav")
     expect(subnav.get_by_role("link")).to_have_text(
-        ["Overview", "Assets", "Alarms", "Plant", "Members", "Settings"]
+        ["Overview", "Assets", "Alarms", "Updates", "Plant", "Members", "Settings"]
     )
     phone.shot("05-joined")
 

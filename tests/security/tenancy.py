@@ -42,6 +42,7 @@ from fieldlink.telemetry.models import (
     Threshold,
     Webhook,
 )
+from fieldlink.updates.models import Release, Rollout, RolloutDevice, RolloutDeviceState
 
 MUTATING = frozenset({"post", "put", "patch", "delete"})
 ROLES = (Role.OWNER, Role.ADMIN, Role.ENGINEER, Role.VIEWER)
@@ -69,6 +70,8 @@ class Tenant:
     # Alarm notifications: a webhook with one failed delivery.
     webhook_id: str = ""
     delivery_id: str = ""
+    # Updates (issue 7): a running rollout of a (platform-wide) release to the tenant's device.
+    rollout_id: str = ""
 
     @property
     def markers(self) -> list[str]:
@@ -126,6 +129,7 @@ def build_tenant(make_user: Callable[..., User], label: str) -> Tenant:
     )
     _build_plant(tenant, label)
     _build_notifications(tenant, label)
+    _build_updates(tenant)
     return tenant
 
 
@@ -180,6 +184,27 @@ def _build_notifications(tenant: Tenant, label: str) -> None:
     tenant.webhook_id, tenant.delivery_id = str(webhook.pk), str(delivery.pk)
 
 
+def _build_updates(tenant: Tenant) -> None:
+    release, _ = Release.objects.get_or_create(
+        version="9.9.0",
+        defaults={
+            "target_path": "software/fieldlink-agent-9.9.0.tar",
+            "sha256": "0" * 64,
+            "length": 1,
+        },
+    )
+    rollout = Rollout.objects.create(organisation=tenant.org, release=release, waves=[100])
+    RolloutDevice.objects.create(
+        organisation=tenant.org,
+        rollout=rollout,
+        device_id=tenant.device_id,
+        wave=0,
+        state=RolloutDeviceState.OFFERED,
+        offered_at=timezone.now(),
+    )
+    tenant.rollout_id = str(rollout.pk)
+
+
 # -- which object of a tenant each path parameter names ----------------------------------------
 
 # (path parameter name) → the tenant's object it stands for. /me/… routes name the signed-in
@@ -198,6 +223,7 @@ OBJECT_OF: dict[str, Callable[[Tenant, str], str]] = {
     "site_id": lambda t, path: t.site_id,
     "area_id": lambda t, path: t.area_id,
     "device_id": lambda t, path: t.device_id,
+    "rollout_id": lambda t, path: t.rollout_id,
 }
 
 _PARAM = re.compile(r"{(\w+)}")
@@ -261,6 +287,7 @@ UI_PARAMS: dict[str, Callable[[Tenant, str], str]] = {
     "webhook_id": lambda t, name: t.webhook_id,
     "delivery_id": lambda t, name: t.delivery_id,
     "device_id": lambda t, name: t.device_id,
+    "rollout_id": lambda t, name: t.rollout_id,
 }
 
 # URL kwargs that do not name a tenant's object, with the reason they are outside the matrix.

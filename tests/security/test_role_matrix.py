@@ -77,6 +77,13 @@ MIN_ROLE: dict[str, Role] = {
         Role.ADMIN
     ),
     "PUT /api/v1/orgs/{org_id}/alarm-emails": Role.VIEWER,
+    # Updates (issue 7): a rollout changes the fleet's software (admins); a device's signed
+    # configuration is data.configure, like its other settings (engineers).
+    "POST /api/v1/orgs/{org_id}/rollouts": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/rollouts/{rollout_id}/pause": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/rollouts/{rollout_id}/resume": Role.ADMIN,
+    "POST /api/v1/orgs/{org_id}/rollouts/{rollout_id}/cancel": Role.ADMIN,
+    "PUT /api/v1/orgs/{org_id}/devices/{device_id}/configuration": Role.ENGINEER,
 }
 
 # Page actions (POST) under /orgs/<org_id>/…, by URL name.
@@ -116,6 +123,11 @@ UI_MIN_ROLE: dict[str, Role] = {
     "notifications:webhook-delete": Role.ADMIN,
     "notifications:webhook-test": Role.ADMIN,
     "notifications:delivery-redeliver": Role.ADMIN,
+    "updates:rollout-new": Role.ADMIN,
+    "updates:rollout-pause": Role.ADMIN,
+    "updates:rollout-resume": Role.ADMIN,
+    "updates:rollout-cancel": Role.ADMIN,
+    "updates:configuration": Role.ENGINEER,
 }
 # Pages under /orgs/<org_id>/ that only read (GET) — or whose POST is governed by a form
 # checked per field (settings: rename is admin, deletion is owner; tested in their own tests).
@@ -141,6 +153,11 @@ UI_READ_PAGES: dict[str, Role] = {
     # Everyone sees their own e-mail choice there; the webhooks part is for admins.
     "notifications:index": Role.VIEWER,
     "notifications:webhook": Role.ADMIN,
+    # Updates: every member reads; the new-rollout form is for admins (it is nothing else).
+    "updates:overview": Role.VIEWER,
+    "updates:rollout": Role.VIEWER,
+    "updates:rollout-new": Role.ADMIN,
+    "updates:configuration": Role.VIEWER,
 }
 
 ROUTES = api_routes()

@@ -65,6 +65,12 @@ BODY: dict[str, dict[str, Any]] = {
     "POST /api/v1/orgs/{org_id}/webhooks": {"name": "Hook 9", "url": "https://93.184.215.14/h"},
     "PATCH /api/v1/orgs/{org_id}/webhooks/{webhook_id}": {"name": "Hook 10"},
     "PUT /api/v1/orgs/{org_id}/alarm-emails": {"subscribed": True, "critical_only": True},
+    # Updates (issue 7). Rollouts name devices by group here: a body naming another tenant's
+    # device is tested in tests/updates/test_api.py, which has a signed release to roll out.
+    "POST /api/v1/orgs/{org_id}/rollouts": {"version": "9.9.0", "group": "line-1"},
+    "PUT /api/v1/orgs/{org_id}/devices/{device_id}/configuration": {
+        "toml": 'log_level = "warning"\n'
+    },
 }
 
 

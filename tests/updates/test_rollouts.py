@@ -164,7 +164,7 @@ def test_rollout_offers_the_canary_wave_first(publisher: Publisher, team: Team) 
     publisher.publish("1.2.0")
     devices = fleet(team, 10)
     rollout = services.create_rollout(
-        team.scope(Role.ENGINEER), version="1.2.0", device_ids=[d.pk for d in devices], now=T0
+        team.scope(Role.ADMIN), version="1.2.0", device_ids=[d.pk for d in devices], now=T0
     )
     assert rollout.state == RolloutState.RUNNING
     assert rollout.waves == [5, 25, 100]
@@ -281,12 +281,14 @@ def test_group_selects_its_enrolled_live_devices(publisher: Publisher, team: Tea
     assert rollout.group == "north"
 
 
-def test_viewer_cannot_start_a_rollout(publisher: Publisher, team: Team) -> None:
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.ENGINEER])
+def test_below_admin_cannot_start_a_rollout(publisher: Publisher, team: Team, role: Role) -> None:
     publisher.publish("1.2.0")
     device, _ = enrolled(team, "edge")
     with pytest.raises(Exception) as caught:  # noqa: PT011 - the code is what matters
-        services.create_rollout(team.scope(Role.VIEWER), version="1.2.0", device_ids=[device.pk])
+        services.create_rollout(team.scope(role), version="1.2.0", device_ids=[device.pk])
     assert getattr(caught.value, "code", "") == "permission_denied"
+    assert not Rollout.objects.exists()
 
 
 def test_cross_tenant_device_in_a_rollout_is_not_found(

@@ -58,6 +58,9 @@ class Permission(enum.StrEnum):
     # Acknowledge alarms and choose one's own alarm e-mails. Every member may: the operator on
     # shift who sees an alarm is often a viewer, and acknowledging changes no configuration.
     ALARMS_RESPOND = "alarms.respond"
+    # Start, pause, resume and cancel software rollouts: they replace the software of many
+    # devices at once, so admins and owners only (engineers configure single devices).
+    ROLLOUTS_MANAGE = "rollouts.manage"
 
 
 _VIEWER: Final = frozenset({Permission.ORG_VIEW, Permission.DATA_VIEW, Permission.MEMBERS_VIEW})
@@ -68,6 +71,7 @@ _ADMIN: Final = _ENGINEER | {
     Permission.ORG_SETTINGS,
     Permission.AUDIT_VIEW,
     Permission.EXPORT_REQUEST,
+    Permission.ROLLOUTS_MANAGE,
 }
 _OWNER: Final = _ADMIN | {Permission.ORG_DELETE, Permission.OWNERSHIP_TRANSFER}
 

@@ -13,8 +13,7 @@
 Who may do what: every member reads; engineers and above (``data.configure``) edit a device's
 configuration, as they edit its sources in the plant pages; creating, pausing, resuming and
 cancelling a rollout changes the software of the whole fleet, so it is for admins and owners
-(``ROLLOUT_PERMISSION``, checked here before the service, which itself requires
-``data.configure``).
+(``rollouts.manage``, checked here before the body is read and again by the services).
 
 The helpers that summarise rollouts and alerts for a response are shared with the pages
 (``updates.views``), so the API and the UI show the same numbers.
@@ -24,22 +23,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Final, Literal
 from uuid import UUID
 
 from django.db import transaction
-from django.db.models import Count, F, OuterRef, Q, Subquery
+from django.db.models import Count
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 
 from fieldlink.accounts.access import Permission, Scope
 from fieldlink.accounts.auth import scope as scope_of
 from fieldlink.devices.models import EdgeDevice
 from fieldlink.updates import services
-from fieldlink.updates.models import DeviceConfiguration, Rollout, RolloutDevice
-from fieldlink.updates.rollouts import FAILED_UPDATE_STATES
+from fieldlink.updates.models import Rollout, RolloutDevice
 from fieldlink.updates.schemas import (
     AlertOut,
     AppliedConfigurationOut,
@@ -57,14 +54,12 @@ from fieldlink.updates.schemas import (
 
 router = Router(tags=["updates"])
 
-# Admins and owners: a rollout replaces the software of many devices at once. Engineers
-# configure single devices (data.configure); org.settings is what admins hold beyond that.
-ROLLOUT_PERMISSION: Final = Permission.ORG_SETTINGS
-MAX_ALERTS: Final = 200
+# Admins and owners: a rollout replaces the software of many devices at once. Checked here
+# before the body is read (a refusal outranks a validation error); the services check it too.
+ROLLOUT_PERMISSION: Final = Permission.ROLLOUTS_MANAGE
 MEMBER_STATES: Final = ("pending", "offered", "succeeded", "failed")
 
 ConfigStatus = Literal["unset", "in_sync", "pending", "failed", "drift"]
-AlertKind = Literal["check_failed", "update_failed", "config_failed", "config_drift"]
 
 
 # -- summaries shared with the pages ------------------------------------------------------------
@@ -189,82 +184,7 @@ def configuration_out(scope: Scope, device_id: UUID) -> ConfigurationOut:
     )
 
 
-@dataclass(frozen=True)
-class Alert:
-    device: EdgeDevice
-    kind: AlertKind
-    code: str
-    message: str
-    at: datetime | None
-
-
-def update_alerts(scope: Scope) -> list[Alert]:
-    """What needs a person: failed update checks, failed updates, failed or drifted configs.
-
-    A configuration the device has not fetched yet is not an alert (it is pending); one it
-    reports at the desired version with another hash is (someone else's bytes are running).
-    """
-    scope.require(Permission.DATA_VIEW)
-    desired_sha = DeviceConfiguration.objects.filter(
-        device=OuterRef("pk"), version=OuterRef("desired_config_version")
-    ).values("sha256")[:1]
-    devices = (
-        scope.filter(EdgeDevice.objects.filter(revoked_at__isnull=True))
-        .filter(
-            Q(update_check_ok=False)
-            | ~Q(config_error="")
-            | Q(update_state__in=sorted(FAILED_UPDATE_STATES))
-            | Q(desired_config_version__gt=0, applied_config_version__gte=F("desired_config_version"))
-        )
-        .annotate(desired_sha256=Subquery(desired_sha))
-        .order_by("name")
-    )
-    alerts: list[Alert] = []
-    for device in devices[: MAX_ALERTS * 2]:
-        alerts.extend(_alerts_of(device, getattr(device, "desired_sha256", None) or ""))
-    return alerts[:MAX_ALERTS]
-
-
-def _alerts_of(device: EdgeDevice, desired_sha256: str) -> list[Alert]:
-    found = []
-    if not device.update_check_ok:
-        found.append(
-            Alert(
-                device,
-                "check_failed",
-                device.update_check_error_code,
-                device.update_check_error or "The last update check failed.",
-                device.update_checked_at,
-            )
-        )
-    if device.update_state in FAILED_UPDATE_STATES:
-        found.append(
-            Alert(
-                device,
-                "update_failed",
-                device.update_state,
-                device.update_error or f"The update to {device.update_version} did not run.",
-                None,
-            )
-        )
-    desired, applied = device.desired_config_version, device.applied_config_version
-    if device.config_error and applied != desired:
-        found.append(Alert(device, "config_failed", "", device.config_error, None))
-    elif desired and applied >= desired and device.applied_config_hash != desired_sha256:
-        found.append(
-            Alert(
-                device,
-                "config_drift",
-                "",
-                f"The device reports configuration {applied} with another hash than the one "
-                f"signed for version {desired}.",
-                None,
-            )
-        )
-    return found
-
-
-def _alert_out(alert: Alert) -> AlertOut:
+def _alert_out(alert: services.Alert) -> AlertOut:
     return AlertOut(
         device_id=alert.device.pk,
         device_name=alert.device.name,
@@ -297,9 +217,7 @@ def list_releases(request: HttpRequest) -> list[ReleaseOut]:
 # -- rollouts ------------------------------------------------------------------------------------
 
 
-@router.get(
-    "/orgs/{org_id}/rollouts", response=list[RolloutOut], summary="Rollouts, newest first"
-)
+@router.get("/orgs/{org_id}/rollouts", response=list[RolloutOut], summary="Rollouts, newest first")
 def list_rollouts(request: HttpRequest, org_id: UUID) -> list[RolloutOut]:
     scope = scope_of(request, org_id)
     found = services.rollouts_of(scope)
@@ -314,7 +232,7 @@ def list_rollouts(request: HttpRequest, org_id: UUID) -> list[RolloutOut]:
 )
 def create_rollout(
     request: HttpRequest, org_id: UUID, payload: RolloutIn
-) -> tuple[int, RolloutDetailOut]:
+) -> Status[RolloutDetailOut]:
     scope = scope_of(request, org_id)
     scope.require(ROLLOUT_PERMISSION)
     with transaction.atomic():
@@ -331,7 +249,7 @@ def create_rollout(
             force=payload.force,
             request=request,
         )
-    return 201, rollout_detail(scope, rollout.pk)
+    return Status(201, rollout_detail(scope, rollout.pk))
 
 
 @router.get(
@@ -417,4 +335,4 @@ def put_configuration(
     summary="Devices whose update check or update failed, or whose configuration failed/drifted",
 )
 def list_update_alerts(request: HttpRequest, org_id: UUID) -> list[AlertOut]:
-    return [_alert_out(a) for a in update_alerts(scope_of(request, org_id))]
+    return [_alert_out(a) for a in services.update_alerts(scope_of(request, org_id))]

@@ -86,9 +86,7 @@ class RolloutForm(_UpdatesForm):
         required=False,
         widget=forms.TimeInput(attrs={"type": "time"}, format="%H:%M"),
     )
-    force = forms.BooleanField(
-        label="Force a downgrade", required=False, help_text=FORCE_WARNING
-    )
+    force = forms.BooleanField(label="Force a downgrade", required=False, help_text=FORCE_WARNING)
 
     def __init__(
         self,
@@ -113,7 +111,9 @@ class RolloutForm(_UpdatesForm):
         try:
             waves = [int(part) for part in text.replace(";", ",").split(",") if part.strip()]
         except ValueError as exc:
-            raise forms.ValidationError("Whole numbers separated by commas, e.g. 5, 25, 100.") from exc
+            raise forms.ValidationError(
+                "Whole numbers separated by commas, e.g. 5, 25, 100."
+            ) from exc
         if not waves or len(waves) > MAX_WAVES:
             raise forms.ValidationError(f"Between 1 and {MAX_WAVES} waves.")
         return waves

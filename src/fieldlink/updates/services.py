@@ -37,14 +37,16 @@ the device to fetch it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from uuid import UUID
 
 from django.db import transaction
+from django.db.models import F, OuterRef, Q, Subquery
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -107,6 +109,8 @@ __all__ = [
 MAX_ROLLOUT_DEVICES: Final = 10_000
 PROGRESS_STATES: Final = frozenset({"downloading", "installing", "restarting"})
 # Reported update states worth an audit entry: outcomes, not progress.
+# A key path in the agent's configuration errors ("sources[0].port: …").
+_CONFIG_KEY: Final = re.compile(r"^[a-z_][a-z0-9_]*(?:\[[0-9]+\]|\.[a-z_][a-z0-9_]*)*$")
 OUTCOME_STATES: Final = frozenset({"running", *rollouts.FAILED_UPDATE_STATES})
 _NOT_DONE: Final = (RolloutDeviceState.PENDING, RolloutDeviceState.OFFERED)
 
@@ -384,7 +388,7 @@ def create_rollout(
     now: datetime | None = None,
 ) -> Rollout:
     """A running rollout of ``version`` to the chosen devices; its first wave is offered now."""
-    scope.require(Permission.DATA_CONFIGURE)
+    scope.require(Permission.ROLLOUTS_MANAGE)
     if (window_start is None) != (window_end is None):
         raise RolloutInvalidError(
             "A maintenance window needs both a start and an end.", details={"field": "window"}
@@ -402,8 +406,9 @@ def create_rollout(
     if problem is not None:
         field, message = problem
         raise RolloutInvalidError(message, details={"field": field})
-    release = _published(version)
+    # The devices first: another organisation's device id is a 404 whatever the version.
     devices = _rollout_devices(scope, device_ids, group)
+    release = _published(version)
     _check_downgrade(release, devices, force=force)
     # Lock the devices' rows in id order (no deadlock between two creators), then re-check.
     locked = list(
@@ -473,7 +478,7 @@ def _change_state(
     request: HttpRequest | None,
     now: datetime | None,
 ) -> Rollout:
-    scope.require(Permission.DATA_CONFIGURE)
+    scope.require(Permission.ROLLOUTS_MANAGE)
     rollout = scope.get(
         Rollout.objects.select_for_update().select_related("release"), rollout_id, what="rollout"
     )
@@ -853,7 +858,11 @@ def set_device_configuration(
     try:
         desired = parse_desired_config(toml_text)
     except ConfigError as exc:
-        raise ConfigurationInvalidError(exc.message, details={"field": "configuration"}) from exc
+        key, _, _ = exc.message.partition(":")
+        details = {"field": "configuration"}
+        if _CONFIG_KEY.match(key):
+            details["key"] = key  # e.g. sources[0].port, for the form to point at
+        raise ConfigurationInvalidError(exc.message, details=details) from exc
     previous = device.configurations.order_by("-version").first()
     version = max(device.desired_config_version, previous.version if previous else 0) + 1
     document = _canonical(
@@ -912,3 +921,87 @@ def configuration_drift(device: EdgeDevice) -> ConfigurationDrift:
         ),
         error=device.config_error,
     )
+
+
+# -- alerts --------------------------------------------------------------------------------------
+
+MAX_ALERTS: Final = 200
+AlertKind = Literal["check_failed", "update_failed", "config_failed", "config_drift"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    device: EdgeDevice
+    kind: AlertKind
+    code: str
+    message: str
+    at: datetime | None
+
+
+def update_alerts(scope: Scope) -> list[Alert]:
+    """What needs a person: failed update checks, failed updates, failed or drifted configs.
+
+    A configuration the device has not fetched yet is not an alert (it is pending); one it
+    reports at the desired version with another hash is (someone else's bytes are running).
+    """
+    scope.require(Permission.DATA_VIEW)
+    desired_sha = DeviceConfiguration.objects.filter(
+        device=OuterRef("pk"), version=OuterRef("desired_config_version")
+    ).values("sha256")[:1]
+    devices = (
+        scope.filter(EdgeDevice.objects.filter(revoked_at__isnull=True))
+        .filter(
+            Q(update_check_ok=False)
+            | ~Q(config_error="")
+            | Q(update_state__in=sorted(rollouts.FAILED_UPDATE_STATES))
+            | Q(
+                desired_config_version__gt=0,
+                applied_config_version__gte=F("desired_config_version"),
+            )
+        )
+        .annotate(desired_sha256=Subquery(desired_sha))
+        .order_by("name")
+    )
+    alerts: list[Alert] = []
+    for device in devices[: MAX_ALERTS * 2]:
+        alerts.extend(_alerts_of(device, getattr(device, "desired_sha256", None) or ""))
+    return alerts[:MAX_ALERTS]
+
+
+def _alerts_of(device: EdgeDevice, desired_sha256: str) -> list[Alert]:
+    found = []
+    if not device.update_check_ok:
+        found.append(
+            Alert(
+                device,
+                "check_failed",
+                device.update_check_error_code,
+                device.update_check_error or "The last update check failed.",
+                device.update_checked_at,
+            )
+        )
+    if device.update_state in rollouts.FAILED_UPDATE_STATES:
+        found.append(
+            Alert(
+                device,
+                "update_failed",
+                device.update_state,
+                device.update_error or f"The update to {device.update_version} did not run.",
+                None,
+            )
+        )
+    desired, applied = device.desired_config_version, device.applied_config_version
+    if device.config_error and applied != desired:
+        found.append(Alert(device, "config_failed", "", device.config_error, None))
+    elif desired and applied >= desired and device.applied_config_hash != desired_sha256:
+        found.append(
+            Alert(
+                device,
+                "config_drift",
+                "",
+                f"The device reports configuration {applied} with another hash than the one "
+                f"signed for version {desired}.",
+                None,
+            )
+        )
+    return found

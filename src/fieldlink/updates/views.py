@@ -42,6 +42,7 @@ from fieldlink.updates.errors import (
 )
 from fieldlink.updates.forms import ROLLOUT_FIELDS, ConfigurationForm, RolloutForm
 from fieldlink.updates.models import Rollout, RolloutDevice
+from fieldlink.updates.schemas import ProgressOut, WaveOut
 
 _View = Callable[..., HttpResponse]
 
@@ -123,7 +124,17 @@ def _waves_by_rollout(scope: Scope, rollouts: list[Rollout]) -> dict[UUID, list[
     return result
 
 
-def _alert_row(alert: api.Alert) -> dict[str, Any]:
+def _bar(progress: ProgressOut, label: str, element_id: str) -> dict[str, Any]:
+    return {"p": progress, "label": label, "id": element_id}
+
+
+def _wave_bar(wave: WaveOut, prefix: str) -> dict[str, Any]:
+    return _bar(
+        wave, f"Wave {wave.index + 1} (up to {wave.percent} %)", f"{prefix}-wave-{wave.index}"
+    )
+
+
+def _alert_row(alert: services.Alert) -> dict[str, Any]:
     label = CHECK_ERROR_LABEL.get(alert.code, alert.code) if alert.kind == "check_failed" else ""
     return {"alert": alert, "label": label}
 
@@ -142,9 +153,14 @@ def overview(request: HttpRequest, org_id: UUID) -> HttpResponse:
         {
             "releases": services.releases()[:10],
             "rollouts": [
-                {"rollout": r, "progress": progress[r.pk], "waves": waves[r.pk]} for r in rollouts
+                {
+                    "rollout": r,
+                    "bar": _bar(progress[r.pk], "All devices", f"rollout-{r.pk}"),
+                    "waves": [_wave_bar(w, f"rollout-{r.pk}") for w in waves[r.pk]],
+                }
+                for r in rollouts
             ],
-            "alerts": [_alert_row(a) for a in api.update_alerts(scope)],
+            "alerts": [_alert_row(a) for a in services.update_alerts(scope)],
         },
     )
 
@@ -210,8 +226,13 @@ def rollout(request: HttpRequest, org_id: UUID, rollout_id: UUID) -> HttpRespons
         "updates/rollout.html",
         {
             "rollout": detail,
-            "devices_by_wave": [
-                (wave, [d for d in detail.devices if d.wave == wave.index])
+            "bar": _bar(detail.progress, "All devices", "rollout-all"),
+            "waves": [
+                {
+                    "bar": _bar(wave, "Finished", f"rollout-wave-{wave.index}"),
+                    "current": wave.index == detail.current_wave,
+                    "devices": [d for d in detail.devices if d.wave == wave.index],
+                }
                 for wave in detail.per_wave
             ],
         },
