@@ -121,17 +121,7 @@ def offline_repository(keys: dict[str, Any], bundle: bytes, directory: Path) -> 
         role: SSlibKey.from_dict(entry["keyid"], {k: v for k, v in entry.items() if k != "keyid"})
         for role, entry in keys.items()
     }
-    release = tuf_repo.new_signer()
-    repo = tuf_repo.Repository.offline(
-        root=[tuf_repo.new_signer()],
-        targets=[tuf_repo.new_signer()],
-        release=[release.public_key],
-        online=online,
-        root_threshold=1,
-        targets_threshold=1,
-        release_threshold=1,
-    )
-    repo.signers["release"] = [release]
+    repo = tuf_repo.Repository.with_fresh_keys(online)
     repo.add_software(NEW, bundle)
     files = {}
     for name, data in repo.files.items():

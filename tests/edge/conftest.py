@@ -94,6 +94,39 @@ print("{}")
 )
 
 
+def tls_http_server(
+    cert: Path,
+    key: Path,
+    handler: type[BaseHTTPRequestHandler],
+    *,
+    on_handshake_failure: Callable[[], None] | None = None,
+) -> ThreadingHTTPServer:
+    """A threaded HTTPS server on 127.0.0.1 (a free port), the TLS handshake done per request
+    thread so one stuck client never holds the accept loop."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[Any, Any]:
+            sock, address = self.socket.accept()
+            return context.wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False
+            ), address
+
+        def finish_request(self, request: Any, client_address: Any) -> None:
+            try:
+                request.do_handshake()
+            except (ssl.SSLError, OSError):
+                if on_handshake_failure is not None:
+                    on_handshake_failure()
+                return
+            super().finish_request(request, client_address)
+
+    return Server(("127.0.0.1", 0), handler)
+
+
 def run_in_cloud(server: RunningServer, script: str, *args: str) -> Any:
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
@@ -305,27 +338,10 @@ class StubCloud:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
+        def failed() -> None:
+            stub.handshakes_failed += 1
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def get_request(self) -> tuple[Any, Any]:
-                sock, address = self.socket.accept()
-                return context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                ), address
-
-            def finish_request(self, request: Any, client_address: Any) -> None:
-                try:
-                    request.do_handshake()
-                except (ssl.SSLError, OSError):
-                    stub.handshakes_failed += 1
-                    return
-                super().finish_request(request, client_address)
-
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = tls_http_server(cert, key, Handler, on_handshake_failure=failed)
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

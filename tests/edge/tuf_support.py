@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from fieldlink.kit.files import write_atomically
 from fieldlink.protocol.edge import ENROLL_PATH
 from fieldlink.protocol.updates import TUF_METADATA_PATH, TUF_TARGETS_PATH
 from fieldlink.updates.tuf_repo import Repository, new_signer
-from tests.edge.conftest import pki_for
+from tests.edge.conftest import pki_for, tls_http_server
 from tests.plugins.log_canary import register_canary
 
 TOKEN = "fld_" + "t" * 43
@@ -202,26 +202,7 @@ class TufServer:
                 pass
 
         self.post = post
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def get_request(self) -> tuple[Any, Any]:
-                sock, address = self.socket.accept()
-                return context.wrap_socket(
-                    sock, server_side=True, do_handshake_on_connect=False
-                ), address
-
-            def finish_request(self, request: Any, client_address: Any) -> None:
-                try:
-                    request.do_handshake()
-                except (ssl.SSLError, OSError):
-                    return
-                super().finish_request(request, client_address)
-
-        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server = tls_http_server(cert, key, Handler)
         self.port = int(self._server.server_address[1])
         self.url = f"https://127.0.0.1:{self.port}"
         self._thread = threading.Thread(

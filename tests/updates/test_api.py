@@ -20,10 +20,8 @@ from fieldlink.protocol.updates import DeviceReport
 from fieldlink.updates import services
 from fieldlink.updates.models import DeviceConfiguration, Rollout, TufTarget
 from tests.accounts.conftest import SecureClient
-from tests.devices.conftest import Team, rival, team
-from tests.updates.test_rollouts import Publisher, _fresh_cache, enrolled, make_user, publisher
-
-__all__ = ["_fresh_cache", "make_user", "publisher", "rival", "team"]
+from tests.devices.conftest import Team
+from tests.updates.conftest import Publisher, enrolled
 
 pytestmark = [pytest.mark.django_db, pytest.mark.backend]
 

@@ -12,11 +12,9 @@ from fieldlink.accounts.models import Role, User
 from fieldlink.devices.models import EdgeDevice
 from fieldlink.updates.models import DeviceConfiguration, Rollout, RolloutState
 from tests.accounts.conftest import SecureClient
-from tests.devices.conftest import Team, team
+from tests.devices.conftest import Team
+from tests.updates.conftest import Publisher, enrolled
 from tests.updates.test_api import BAD_PORT_TOML, SIM_TOML, report
-from tests.updates.test_rollouts import Publisher, _fresh_cache, enrolled, make_user, publisher
-
-__all__ = ["_fresh_cache", "make_user", "publisher", "team"]
 
 pytestmark = [pytest.mark.django_db, pytest.mark.backend]
 

@@ -27,18 +27,9 @@ from fieldlink.protocol.updates import REPORT_PATH
 from fieldlink.updates import services
 from fieldlink.updates.errors import ConfigurationInvalidError, RepositoryMissingError
 from fieldlink.updates.models import DeviceConfiguration, RolloutDevice, TufTarget
-from tests.accounts.conftest import MakeUser
-from tests.devices.conftest import Team, _team
+from tests.devices.conftest import Team
 from tests.telemetry.ingest_support import batch_for, make_plant
-from tests.updates.test_rollouts import (
-    Publisher,
-    _fresh_cache,
-    enrolled,
-    make_user,
-    publisher,
-)
-
-__all__ = ["_fresh_cache", "make_user", "publisher", "rival", "team"]
+from tests.updates.conftest import Publisher, enrolled
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.backend]
 
@@ -71,20 +62,6 @@ def post(url: str, body: bytes, token: str | None) -> httpx.Response:
 
 def send(token: str | None, **fields: Any) -> httpx.Response:
     return post(URL, json.dumps({"software_version": "1.0.0", **fields}).encode(), token)
-
-
-@pytest.fixture
-def team(make_user: MakeUser) -> Team:
-    # The HTTP handlers run on their own connections: these tests commit, so the fixtures'
-    # audited changes need a transaction of their own.
-    with transaction.atomic():
-        return _team(make_user, "acme-water.example", "Acme Water")
-
-
-@pytest.fixture
-def rival(make_user: MakeUser) -> Team:
-    with transaction.atomic():
-        return _team(make_user, "rival-gas.example", "Rival Gas")
 
 
 # -- the endpoint

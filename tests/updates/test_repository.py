@@ -98,18 +98,7 @@ def test_online_keys_are_private_files(var: Path) -> None:
 
 
 def test_published_release_is_installable_by_the_real_client(var: Path) -> None:
-    signers = repository.online_signers(create=True)
-    release = tuf_repo.new_signer()
-    repo = tuf_repo.Repository.offline(
-        root=[tuf_repo.new_signer()],
-        targets=[tuf_repo.new_signer()],
-        release=[release.public_key],
-        online=signers,
-        root_threshold=1,
-        targets_threshold=1,
-        release_threshold=1,
-    )
-    repo.signers["release"] = [release]
+    repo = tuf_repo.Repository.with_fresh_keys(repository.online_signers(create=True))
     data = b"bundle bytes" * 1000
     repo.add_software("1.4.0", data)
     path, bundle = _bundle(var, "1.4.0", data)
@@ -140,19 +129,7 @@ def test_published_release_is_installable_by_the_real_client(var: Path) -> None:
 
 @pytest.fixture
 def published(var: Path) -> tuple[tuf_repo.Repository, Path]:
-    signers = repository.online_signers(create=True)
-    release = tuf_repo.new_signer()
-    repo = tuf_repo.Repository.offline(
-        root=[tuf_repo.new_signer()],
-        targets=[tuf_repo.new_signer()],
-        release=[release.public_key],
-        online=signers,
-        root_threshold=1,
-        targets_threshold=1,
-        release_threshold=1,
-    )
-    repo.signers["release"] = [release]
-    repo.sign_role("release", bump=False)
+    repo = tuf_repo.Repository.with_fresh_keys(repository.online_signers(create=True))
     _publish(repo, {})
     return repo, var
 

@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, time, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import transaction
 
 from fieldlink.accounts.models import Role
 from fieldlink.audit.models import PLATFORM_CHAIN, AuditEntry
-from fieldlink.devices import credentials
 from fieldlink.devices.models import EdgeDevice
 from fieldlink.kit.errors import NotFoundError
 from fieldlink.ops.tasks import PERIODIC
 from fieldlink.protocol.updates import DeviceReport
-from fieldlink.updates import repository, services, tasks, tuf_repo
+from fieldlink.updates import services, tasks
 from fieldlink.updates.errors import (
     DowngradeRefusedError,
     PublicationRefusedError,
@@ -31,72 +28,12 @@ from fieldlink.updates.errors import (
     RolloutStateError,
 )
 from fieldlink.updates.models import Release, Rollout, RolloutDevice, RolloutState
-from tests.devices.conftest import Team, _fresh_cache, make_user, rival, team
-from tests.plugins.log_canary import register_canary
-
-__all__ = ["Publisher", "_fresh_cache", "enrolled", "make_user", "publisher", "rival", "team"]
+from tests.devices.conftest import Team
+from tests.updates.conftest import Publisher, enrolled
 
 pytestmark = [pytest.mark.django_db, pytest.mark.backend]
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-
-
-class Publisher:
-    """A release engineer's offline repository, published to this cloud's database."""
-
-    def __init__(self, var: Path) -> None:
-        self.var = var
-        signers = repository.online_signers(create=True)
-        release = tuf_repo.new_signer()
-        self.repo = tuf_repo.Repository.offline(
-            root=[tuf_repo.new_signer()],
-            targets=[tuf_repo.new_signer()],
-            release=[release.public_key],
-            online=signers,
-            root_threshold=1,
-            targets_threshold=1,
-            release_threshold=1,
-        )
-        self.repo.signers["release"] = [release]
-        self.repo.sign_role("release", bump=False)
-        with transaction.atomic():
-            services.publish_release(self.repo.files, {}, actor=services.AuditActor.command("test"))
-
-    def bundle(self, version: str, data: bytes) -> tuple[str, Path]:
-        path = self.var / f"fieldlink-agent-{version}.tar"
-        path.write_bytes(data)
-        return tuf_repo.software_path(version), path
-
-    def publish(
-        self, version: str, data: bytes | None = None, *, allow_downgrade: bool = False
-    ) -> list[Release]:
-        data = data if data is not None else f"bundle {version}".encode() * 100
-        self.repo.add_software(version, data, allow_downgrade=allow_downgrade)
-        target, bundle = self.bundle(version, data)
-        with transaction.atomic():
-            return services.publish_release(
-                self.repo.files, {target: bundle}, actor=services.AuditActor.command("test")
-            )
-
-
-@pytest.fixture
-def publisher(settings: Any, tmp_path: Path) -> Publisher:
-    settings.VAR_DIR = tmp_path
-    return Publisher(tmp_path)
-
-
-def enrolled(
-    team: Team, name: str, *, version: str = "1.0.0", group: str = ""
-) -> tuple[EdgeDevice, str]:
-    device = EdgeDevice.objects.create(
-        organisation=team.org, name=name, software_version=version, group=group
-    )
-    code = credentials.issue_enrollment_code(device)
-    register_canary(code.secret)
-    with transaction.atomic():
-        issued = credentials.enroll(code.secret)
-    register_canary(issued.secret)
-    return EdgeDevice.objects.get(pk=device.pk), issued.secret
 
 
 def fleet(team: Team, n: int, **kw: Any) -> list[EdgeDevice]:

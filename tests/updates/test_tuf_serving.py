@@ -30,16 +30,8 @@ from fieldlink.updates.services import set_device_configuration
 from tests.devices.conftest import Team
 from tests.plugins.log_canary import register_canary
 from tests.support.server import RunningServer
-from tests.updates.test_reports import SOURCES, rival, team
-from tests.updates.test_rollouts import (
-    Publisher,
-    _fresh_cache,
-    enrolled,
-    make_user,
-    publisher,
-)
-
-__all__ = ["_fresh_cache", "make_user", "publisher", "rival", "team"]
+from tests.updates.conftest import Publisher, enrolled
+from tests.updates.test_reports import SOURCES
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.backend]
 

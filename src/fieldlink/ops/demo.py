@@ -110,19 +110,7 @@ def ensure_update_repository() -> bool:
     """
     if repository.has_repository():
         return False
-    online = repository.online_signers(create=True)
-    release = tuf_repo.new_signer()
-    offline = tuf_repo.Repository.offline(
-        root=[tuf_repo.new_signer()],
-        targets=[tuf_repo.new_signer()],
-        release=[release.public_key],
-        online=online,
-        root_threshold=1,
-        targets_threshold=1,
-        release_threshold=1,
-    )
-    offline.signers[tuf_repo.ROLE_RELEASE] = [release]
-    offline.sign_role(tuf_repo.ROLE_RELEASE, bump=False)
+    offline = tuf_repo.Repository.with_fresh_keys(repository.online_signers(create=True))
     with transaction.atomic():
         update_services.publish_release(
             offline.files, {}, actor=update_services.AuditActor.command("fieldlink demo")

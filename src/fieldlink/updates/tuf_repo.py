@@ -276,6 +276,30 @@ class Repository:
         return repo
 
     @classmethod
+    def with_fresh_keys(
+        cls, online: Mapping[str, Signer | Key], *, now: datetime | None = None
+    ) -> Repository:
+        """Root, targets and an empty release role, one fresh key each, kept in ``signers``.
+
+        What the demo publishes (its keys then dropped) and what tests and the benchmark start
+        from; a real repository's offline keys come from ``fieldlink release init``.
+        """
+        release = new_signer()
+        repo = cls.offline(
+            root=[new_signer()],
+            targets=[new_signer()],
+            release=[release.public_key],
+            online=online,
+            root_threshold=1,
+            targets_threshold=1,
+            release_threshold=1,
+            now=now,
+        )
+        repo.signers[ROLE_RELEASE] = [release]
+        repo.sign_role(ROLE_RELEASE, bump=False)
+        return repo
+
+    @classmethod
     def load(
         cls,
         files: Mapping[str, bytes],
