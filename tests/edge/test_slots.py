@@ -316,6 +316,95 @@ def test_not_a_tar_refused(tmp_path: Path, home: Path) -> None:
     _nothing_installed(home)
 
 
+# -- checking without installing ------------------------------------------------------------
+
+
+def _files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_verify_bundle_returns_the_manifest_and_writes_nothing(tmp_path: Path, wheel: Path) -> None:
+    bundle = build_bundle(tmp_path / "b.tar", VERSION, [wheel])
+    before = _files_under(tmp_path)
+    manifest = slots.verify_bundle(bundle, VERSION)
+    assert _files_under(tmp_path) == before
+    expected = manifest_for(VERSION, [wheel])
+    assert (manifest.version, manifest.python, manifest.entry) == (
+        VERSION,
+        expected["python"],
+        "fieldlink",
+    )
+    assert [(w.name, w.sha256, w.size) for w in manifest.wheels] == [
+        (e["name"], e["sha256"], e["size"]) for e in expected["wheels"]
+    ]
+    assert slots.verify_bundle(bundle) == manifest  # no expected version: any valid one
+
+
+def _hostile_bundles(tmp_path: Path, wheel: Path) -> dict[str, Path]:
+    """One bundle per refusal class, each refused by the installer in the tests above."""
+    tampered = manifest_for(VERSION, [wheel])
+    tampered["wheels"][0]["sha256"] = hashlib.sha256(b"the reviewed wheel").hexdigest()
+    extra = build_wheel(tmp_path / "extra", "9.9.9", "healthy")
+    return {
+        "traversal": build_bundle(
+            tmp_path / "t.tar", VERSION, [wheel], extra=lambda t: add_file(t, "../x", b"x")
+        ),
+        "duplicate": build_bundle(
+            tmp_path / "d.tar",
+            VERSION,
+            [wheel],
+            extra=lambda t: add_file(t, f"wheels/{wheel.name}", b"other bytes"),
+        ),
+        "hash": build_bundle(tmp_path / "h.tar", VERSION, [wheel], manifest=tampered),
+        "unlisted": build_bundle(
+            tmp_path / "u.tar", VERSION, [wheel, extra], manifest=manifest_for(VERSION, [wheel])
+        ),
+        "no_manifest": build_bundle(tmp_path / "m.tar", VERSION, [wheel], with_manifest=False),
+    }
+
+
+@pytest.mark.parametrize("case", ["traversal", "duplicate", "hash", "unlisted", "no_manifest"])
+def test_verify_bundle_refuses_what_the_installer_refuses(
+    tmp_path: Path, home: Path, wheel: Path, case: str
+) -> None:
+    bundle = _hostile_bundles(tmp_path, wheel)[case]
+    with pytest.raises(slots.BundleRefusedError) as checked:
+        slots.verify_bundle(bundle, VERSION)
+    with pytest.raises(slots.BundleRefusedError) as installed:
+        slots.install_bundle(bundle, home, VERSION, installer=_never)
+    assert (type(checked.value), checked.value.message) == (
+        type(installed.value),
+        installed.value.message,
+    )
+    _nothing_installed(home)
+
+
+def test_verify_bundle_for_another_python_refused_unless_any_python_is_asked(
+    tmp_path: Path, wheel: Path
+) -> None:
+    manifest = {**manifest_for(VERSION, [wheel]), "python": "3.99"}
+    bundle = build_bundle(tmp_path / "b.tar", VERSION, [wheel], manifest=manifest)
+    with pytest.raises(slots.BundleManifestError, match=r"Python 3\.99"):
+        slots.verify_bundle(bundle)
+    assert slots.verify_bundle(bundle, python=None).python == "3.99"
+    assert slots.verify_bundle(bundle, python="3.99").python == "3.99"
+
+
+@pytest.mark.parametrize("version", ["../x", ".build-x", "a/b"])
+def test_verify_bundle_with_a_malformed_manifest_version_refused(
+    tmp_path: Path, wheel: Path, version: str
+) -> None:
+    manifest = {**manifest_for(VERSION, [wheel]), "version": version}
+    bundle = build_bundle(tmp_path / "b.tar", VERSION, [wheel], manifest=manifest)
+    with pytest.raises(slots.BundleManifestError, match="malformed"):
+        slots.verify_bundle(bundle)
+
+
+def test_verify_bundle_of_a_missing_file_refused(tmp_path: Path) -> None:
+    with pytest.raises(slots.BundleRefusedError, match="cannot read"):
+        slots.verify_bundle(tmp_path / "absent.tar")
+
+
 @pytest.mark.parametrize("version", ["../x", "..", ".build-x", "a/b", "", "base"])
 def test_slot_path_traversal_through_version_refused(
     tmp_path: Path, home: Path, wheel: Path, version: str

@@ -157,7 +157,10 @@ def test_unlisted_wheel_smuggled_into_bundle_refused(tmp_path: Path, bundle: Pat
         ("../evil.whl", tarfile.REGTYPE, "leaves the bundle"),
         ("/etc/evil.whl", tarfile.REGTYPE, "absolute"),
         ("wheels/link.whl", tarfile.SYMTYPE, "link"),
+        ("wheels/dev.whl", tarfile.CHRTYPE, "device"),
         ("setup.py", tarfile.REGTYPE, "unexpected bundle member"),
+        ("wheels/tinydep-0.3-py3-none-any.whl", tarfile.REGTYPE, "appears twice"),
+        ("manifest.json", tarfile.REGTYPE, "appears twice"),
     ],
 )
 def test_path_traversal_and_link_members_refused(
@@ -167,7 +170,7 @@ def test_path_traversal_and_link_members_refused(
     member.type = kind
     if kind == tarfile.SYMTYPE:
         member.linkname = "/etc/passwd"
-    else:
+    elif kind == tarfile.REGTYPE:
         member.size = 4
     hostile = tmp_path / "hostile.tar"
     _rewrite(bundle, hostile, {}, member)
@@ -176,8 +179,23 @@ def test_path_traversal_and_link_members_refused(
 
 
 def test_bundle_of_another_version_refused(bundle: Path) -> None:
-    with pytest.raises(BundleError, match=r"not '1\.3\.0'"):
+    with pytest.raises(BundleError, match=r"expected '1\.3\.0'"):
         read_bundle(bundle, version="1.3.0")
+
+
+def test_bundle_for_the_devices_python_is_read_on_another_python(tmp_path: Path) -> None:
+    # The release machine need not run the devices' Python; the agent checks its own.
+    out = tmp_path / "fieldlink-agent-1.2.0.tar"
+    built = build_bundle("1.2.0", agent_wheels(tmp_path / "w", "1.2.0"), out, python="3.99")
+    assert read_bundle(out, version="1.2.0") == built
+    with pytest.raises(slots.BundleManifestError, match=r"Python 3\.99"):
+        slots.install_bundle(out, tmp_path / "home", "1.2.0")
+
+
+def test_bundle_over_the_agents_caps_refused(bundle: Path) -> None:
+    small = slots.BundleLimits(max_member_bytes=100)
+    with pytest.raises(BundleError, match="over the cap"):
+        read_bundle(bundle, limits=small)
 
 
 def test_not_a_tar_refused(tmp_path: Path) -> None:

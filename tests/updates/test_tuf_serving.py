@@ -13,6 +13,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from fieldlink.updates.models import Release, TufTarget
 from fieldlink.updates.services import set_device_configuration
 from tests.devices.conftest import Team
 from tests.plugins.log_canary import register_canary
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, run_server
 from tests.updates.conftest import Publisher, enrolled
 from tests.updates.test_reports import SOURCES
 
@@ -242,13 +243,7 @@ from fieldlink.devices.models import EdgeDevice
 from fieldlink.updates import repository, services, tuf_repo
 
 bundle, sources = Path(sys.argv[1]), Path(sys.argv[2]).read_text()
-signers = repository.online_signers(create=True)
-release = tuf_repo.new_signer()
-repo = tuf_repo.Repository.offline(
-    root=[tuf_repo.new_signer()], targets=[tuf_repo.new_signer()], release=[release.public_key],
-    online=signers, root_threshold=1, targets_threshold=1, release_threshold=1,
-)
-repo.signers["release"] = [release]
+repo = tuf_repo.Repository.with_fresh_keys(repository.online_signers(create=True))
 path = repo.add_software("1.2.0", bundle.read_bytes())
 actor = services.AuditActor.command("test")
 with transaction.atomic():
@@ -270,9 +265,18 @@ print(json.dumps({"tokens": tokens, "config": config.document, "target": config.
 """
 
 
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # Its own cloud: a repository published into the shared test server would be the trust
+    # root of every later test using that server.
+    with run_server(tmp_path_factory.mktemp("tuf-serving")) as server:
+        yield server
+
+
 def test_agent_updater_verifies_and_downloads_over_real_https(
-    server: RunningServer, tmp_path: Path
+    own_server: RunningServer, tmp_path: Path
 ) -> None:
+    server = own_server
     bundle = tmp_path / "fieldlink-agent-1.2.0.tar"
     bundle.write_bytes(BUNDLE)
     sources = tmp_path / "sources.toml"

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
@@ -110,22 +109,6 @@ class ControlError(Exception):
         self.status = status
 
 
-@dataclasses.dataclass
-class _Reported:
-    """What the next DeviceReport says (everything but the software version)."""
-
-    config_version: int = 0
-    config_hash: str = ""
-    config_error: str = ""
-    update_version: str = ""
-    update_state: str = ""
-    update_error: str = ""
-    check_ok: bool = True
-    check_error_code: str = ""
-    check_error: str = ""
-    checked_at_ms: int = 0
-
-
 def edge_home(config: EdgeConfig, base_dir: Path, environ: Mapping[str, str]) -> Path:
     """The supervisor's ``FIELDLINK_EDGE_HOME``, else ``[update] home``, else edge.toml's dir."""
     if environ.get(slots.HOME_ENV):
@@ -169,7 +152,8 @@ class Agent:
         self._set_log_level = set_log_level
         self.check_interval_s = float(check_interval_s or config.update.check_interval_s)
         self.device_id = read_device_id(self.home)
-        self.reported = _Reported()
+        # What the next report says; replaced (never changed in place) by ``_tell``.
+        self.reported = DeviceReport(software_version=software_version[:100])
         self._refused_versions: set[str] = set()
         self._read_last_update()
         sources = self._applied_sources(config.sources)
@@ -233,12 +217,13 @@ class Agent:
         if last.outcome == "rolled_back":
             # The supervisor went back from this version: never stage it again on our own.
             self._refused_versions.add(last.version)
-            self.reported.update_version = last.version
-            self.reported.update_state = "rolled_back"
-            self.reported.update_error = last.reason[:300]
+            self._tell(
+                update_version=last.version,
+                update_state="rolled_back",
+                update_error=last.reason[:300],
+            )
         elif last.version == self.software_version:
-            self.reported.update_version = last.version
-            self.reported.update_state = "running"
+            self._tell(update_version=last.version, update_state="running")
 
     def _applied_sources(self, fallback: list[Source]) -> list[Source]:
         """The sources of ``config/applied.json`` when it is this device's, else edge.toml's."""
@@ -261,7 +246,7 @@ class Agent:
                 self._remember_config(desired, data)
                 return list(desired.sources)
         log.warning("applied_config_refused", path=str(path), error=problem)
-        self.reported.config_error = f"applied.json: {problem}"[:300]
+        self._tell(config_error=f"applied.json: {problem}"[:300])
         return fallback
 
     def _first_poller(self, sources: list[Source], fallback: list[Source]) -> Poller:
@@ -273,14 +258,17 @@ class Agent:
             # The applied configuration verified when it came but its drivers refuse now (a
             # file it names is gone): edge.toml's sources are the known-good fallback.
             log.warning("applied_config_refused", error=exc.message)
-            self.reported.config_error = f"applied.json: {exc.message}"[:300]
-            self.reported.config_version, self.reported.config_hash = 0, ""
+            self._tell(
+                config_error=f"applied.json: {exc.message}"[:300], config_version=0, config_hash=""
+            )
             return Poller(fallback, self._on_readings, driver_factory=self._driver_factory)
 
     def _remember_config(self, desired: DesiredConfig, data: bytes) -> None:
-        self.reported.config_version = desired.version
-        self.reported.config_hash = hashlib.sha256(data).hexdigest()
-        self.reported.config_error = ""
+        self._tell(
+            config_version=desired.version,
+            config_hash=hashlib.sha256(data).hexdigest(),
+            config_error="",
+        )
         if self._set_log_level is not None:
             self._set_log_level(desired.log_level)
 
@@ -417,11 +405,9 @@ class Agent:
 
     # -- reports ---------------------------------------------------------------------------------
 
-    def _report(self) -> DeviceReport:
-        return DeviceReport(
-            software_version=self.software_version[:100],
-            **dataclasses.asdict(self.reported),
-        )
+    def _tell(self, **changes: Any) -> None:
+        """Change what the next report says (the struct is frozen: a new one replaces it)."""
+        self.reported = msgspec.structs.replace(self.reported, **changes)
 
     async def report_once(self) -> None:
         """Send the current report; ControlError if it should be sent again later.
@@ -429,7 +415,7 @@ class Agent:
         A 4xx other than 429 is final (this report will never be taken as it is): logged, not
         retried. 429 (at most 30 reports a minute), 5xx and network errors are retried later.
         """
-        report = self._report()
+        report = self.reported
         try:
             data = await self._post(REPORT_PATH, msgspec.json.encode(report))
         except ControlError as exc:
@@ -462,7 +448,7 @@ class Agent:
             if self._stopping.is_set():
                 return
             self._report_due.clear()
-            if self._report() == sent:
+            if self.reported == sent:
                 continue
             try:
                 await self.report_once()
@@ -531,10 +517,12 @@ class Agent:
             else:
                 log.warning("update_check_failed", code=code, error=error.message)
             self._last_check_code = code
-        self.reported.check_ok = error is None
-        self.reported.check_error_code = code
-        self.reported.check_error = "" if error is None else error.message[:300]
-        self.reported.checked_at_ms = now_ms()
+        self._tell(
+            check_ok=error is None,
+            check_error_code=code,
+            check_error="" if error is None else error.message[:300],
+            checked_at_ms=now_ms(),
+        )
         self._report_due.set()
 
     async def _refresh(self) -> None:
@@ -548,7 +536,7 @@ class Agent:
     def _config_failed(self, message: str) -> None:
         if message != self.reported.config_error:
             log.warning("config_not_applied", error=message)
-        self.reported.config_error = message[:300]
+        self._tell(config_error=message[:300])
         self._report_due.set()
 
     async def _apply_config(self) -> None:
@@ -628,9 +616,7 @@ class Agent:
                     task.cancel()
 
     def _update_state(self, version: str, state: str, error: str = "") -> None:
-        self.reported.update_version = version[:100]
-        self.reported.update_state = state
-        self.reported.update_error = error[:300]
+        self._tell(update_version=version[:100], update_state=state, update_error=error[:300])
         self._report_due.set()
 
     async def _install_update(self) -> None:

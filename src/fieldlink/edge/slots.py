@@ -21,14 +21,19 @@ runnable agent whatever it finds on disk).
 
 A bundle (``fieldlink-agent-<version>.tar``) reaches ``install_bundle`` after TUF verified its
 hash and length, and is still treated as hostile input: it is read member by member against an
-allowlist (``manifest.json``, ``wheels/<file>.whl``), links, devices, absolute paths and ``..``
-are refused, sizes are capped before anything is written, and every wheel's sha256 and size must
-match the manifest. Nothing is ever extracted by name: each wheel is written to a path this
-module builds, opened with ``O_EXCL | O_NOFOLLOW``.
+allowlist (``manifest.json``, ``wheels/<file>.whl``), links, devices, absolute paths, ``..`` and
+duplicate names are refused, sizes are capped before anything is written, and every wheel's
+sha256 and size must match the manifest. Nothing is ever extracted by name: each wheel is
+written to a path this module builds, opened with ``O_EXCL | O_NOFOLLOW``.
+
+``verify_bundle`` is that same member walk with each wheel hashed in the stream instead of
+written out: the release tool checks a bundle with it before signing, so a bundle it accepts is
+one the installer accepts, by construction rather than by a second copy of the rules.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -55,11 +60,16 @@ __all__ = [
     "CURRENT",
     "EXIT_RESTART_FOR_UPDATE",
     "HOME_ENV",
+    "MANIFEST_NAME",
+    "RUNNING_PYTHON",
+    "WHEELS_DIR",
     "BundleHashMismatchError",
     "BundleLimits",
+    "BundleManifest",
     "BundleManifestError",
     "BundleRefusedError",
     "BundleTooLargeError",
+    "BundleWheel",
     "Healthy",
     "InstallFailedError",
     "Installer",
@@ -74,6 +84,7 @@ __all__ = [
     "installed_versions",
     "is_installed",
     "is_valid_version",
+    "is_valid_wheel_name",
     "mark_healthy",
     "pip_installer",
     "read_current",
@@ -86,6 +97,7 @@ __all__ = [
     "slot_dir",
     "slot_python",
     "switch_current",
+    "verify_bundle",
     "write_json",
     "write_last_update",
     "write_staged",
@@ -398,7 +410,12 @@ def _unlink(path: Path) -> None:
     fsync_directory(path.parent)
 
 
-# -- installing a bundle ------------------------------------------------------------------------
+# -- checking a bundle ---------------------------------------------------------------------------
+
+RUNNING_PYTHON: Final = f"{sys.version_info.major}.{sys.version_info.minor}"
+MANIFEST_NAME: Final = "manifest.json"
+WHEELS_DIR: Final = "wheels"
+_CHUNK: Final = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -409,19 +426,195 @@ class BundleLimits:
     max_manifest_bytes: int = 64 * 1024
 
 
-class _Wheel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class BundleWheel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     sha256: str
     size: Annotated[int, Meta(ge=1)]
 
 
-class _Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class BundleManifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``manifest.json``: every field required, nothing else allowed."""
+
     format: Literal[1]
     version: str
     python: str
-    wheels: Annotated[list[_Wheel], Meta(min_length=1, max_length=511)]
+    wheels: Annotated[tuple[BundleWheel, ...], Meta(min_length=1, max_length=511)]
     entry: Literal["fieldlink"]
 
+
+# (wheel file name, the member's data, its size) -> (sha256, bytes read) of what was read
+_WheelReader = Callable[[str, IO[bytes], int], tuple[str, int]]
+
+
+def is_valid_wheel_name(name: str) -> bool:
+    """A plain wheel file name, never a path: the rule for members and manifest entries."""
+    return _WHEEL_NAME.fullmatch(name) is not None
+
+
+def verify_bundle(
+    bundle: Path,
+    version: str | None = None,
+    *,
+    python: str | None = RUNNING_PYTHON,
+    limits: BundleLimits = BundleLimits(),
+) -> BundleManifest:
+    """Check ``bundle`` as ``install_bundle`` does, writing nothing; returns its manifest.
+
+    The installer's own member walk, with each wheel hashed in the stream instead of copied
+    out. ``version``: the version the bundle must be (None: any valid one). ``python``: the
+    ``major.minor`` it must be built for (None: any; the release machine that checks a bundle
+    before signing it need not run the devices' Python). Raises a BundleRefusedError.
+    """
+    _check_bundle_size(bundle, limits)
+    try:
+        return _read_members(bundle, version, python, limits, _hash_wheel)
+    except OSError as exc:  # nothing is written here: it is the bundle that cannot be read
+        raise BundleRefusedError(f"cannot read the bundle {bundle}: {exc.strerror}") from exc
+
+
+def _check_bundle_size(bundle: Path, limits: BundleLimits) -> None:
+    try:
+        size = bundle.stat().st_size
+    except OSError as exc:
+        raise BundleRefusedError(f"cannot read the bundle {bundle}: {exc.strerror}") from exc
+    # The tar headers and padding are a small fraction on top of the members.
+    if size > limits.max_total_bytes + 1024 * (limits.max_members + 2) + 10240:
+        raise BundleTooLargeError(f"the bundle is {size} bytes, over the cap")
+
+
+def _read_members(
+    bundle: Path,
+    version: str | None,
+    python: str | None,
+    limits: BundleLimits,
+    read_wheel: _WheelReader,
+) -> BundleManifest:
+    """Check every member, hand each wheel to ``read_wheel``; the manifest, matched against
+    what the wheels turned out to be."""
+    seen: set[str] = set()
+    found: dict[str, tuple[str, int]] = {}  # wheel file -> (sha256, size)
+    manifest_raw: bytes | None = None
+    total = 0
+    try:
+        with tarfile.open(bundle, mode="r:") as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > limits.max_members:
+                    raise BundleTooLargeError(f"the bundle has over {limits.max_members} members")
+                name = _member_name(member)
+                if name in seen:
+                    raise UnsafeBundleMemberError(f"bundle member {name!r} appears twice")
+                seen.add(name)
+                if member.isdir():
+                    if name not in ("", WHEELS_DIR):
+                        raise UnsafeBundleMemberError(f"unexpected directory {name!r}")
+                    continue
+                total += _check_size(member, name, total, limits)
+                source = tar.extractfile(member)
+                if source is None:  # pragma: no cover - regular files always have data
+                    raise UnsafeBundleMemberError(f"bundle member {name!r} has no data")
+                if name == MANIFEST_NAME:
+                    manifest_raw = source.read(member.size)
+                else:
+                    wheel = _wheel_name(name)
+                    found[wheel] = read_wheel(wheel, source, member.size)
+    except tarfile.TarError as exc:
+        raise BundleRefusedError(f"the bundle is not a readable tar file: {exc}") from exc
+    if manifest_raw is None:
+        raise BundleManifestError("the bundle has no manifest.json")
+    manifest = _parse_manifest(manifest_raw, version, python)
+    _match(manifest, found)
+    return manifest
+
+
+def _member_name(member: tarfile.TarInfo) -> str:
+    """The member's normalised name, or UnsafeBundleMemberError (absolute, ``..``, odd types)."""
+    name = member.name
+    if name.startswith("/") or "\\" in name or "\x00" in name:
+        raise UnsafeBundleMemberError(f"bundle member {name!r} has an absolute or odd path")
+    parts = [p for p in PurePosixPath(name).parts if p != "."]
+    if ".." in parts:
+        raise UnsafeBundleMemberError(f"bundle member {name!r} leaves the bundle (..)")
+    if member.issym() or member.islnk():
+        raise UnsafeBundleMemberError(f"bundle member {name!r} is a link (refused)")
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeBundleMemberError(f"bundle member {name!r} is a device, FIFO or special file")
+    return "/".join(parts)
+
+
+def _check_size(member: tarfile.TarInfo, name: str, total: int, limits: BundleLimits) -> int:
+    cap = limits.max_manifest_bytes if name == MANIFEST_NAME else limits.max_member_bytes
+    if member.size > cap:
+        raise BundleTooLargeError(f"bundle member {name!r} is {member.size} bytes, over the cap")
+    if total + member.size > limits.max_total_bytes:
+        raise BundleTooLargeError("the bundle's members add up to more than the cap")
+    return member.size
+
+
+def _wheel_name(name: str) -> str:
+    wheel = name.removeprefix(f"{WHEELS_DIR}/")
+    if wheel == name or not is_valid_wheel_name(wheel):
+        raise UnsafeBundleMemberError(
+            f"unexpected bundle member {name!r} (only {MANIFEST_NAME} and {WHEELS_DIR}/*.whl "
+            "belong in a bundle)"
+        )
+    return wheel
+
+
+def _parse_manifest(raw: bytes, version: str | None, python: str | None) -> BundleManifest:
+    try:
+        manifest = msgspec.json.decode(raw, type=BundleManifest)
+    except msgspec.ValidationError as exc:
+        raise BundleManifestError(f"manifest.json is invalid: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise BundleManifestError("manifest.json is not JSON") from exc
+    if version is not None and manifest.version != version:
+        raise BundleManifestError(
+            f"the bundle is version {manifest.version!r}, expected {version!r}"
+        )
+    if not is_valid_version(manifest.version):
+        raise BundleManifestError(f"the bundle's version {manifest.version!r} is malformed")
+    if python is not None and manifest.python != python:
+        raise BundleManifestError(f"the bundle is for Python {manifest.python}, this is {python}")
+    for wheel in manifest.wheels:
+        if not is_valid_wheel_name(wheel.name) or not _SHA256.fullmatch(wheel.sha256):
+            raise BundleManifestError(f"manifest entry {wheel.name!r} is malformed")
+    return manifest
+
+
+def _match(manifest: BundleManifest, found: dict[str, tuple[str, int]]) -> None:
+    listed = {w.name: w for w in manifest.wheels}
+    if len(listed) != len(manifest.wheels):
+        raise BundleManifestError("the manifest lists a wheel twice")
+    if set(listed) != set(found):
+        missing, extra = sorted(set(listed) - set(found)), sorted(set(found) - set(listed))
+        raise BundleManifestError(
+            f"the wheels do not match the manifest (missing {missing}, unlisted {extra})"
+        )
+    for name, (sha256, size) in found.items():
+        if (sha256, size) != (listed[name].sha256, listed[name].size):
+            raise BundleHashMismatchError(f"wheel {name} does not match its manifest sha256/size")
+
+
+def _digest(
+    source: IO[bytes], size: int, sink: Callable[[bytes], object] | None = None
+) -> tuple[str, int]:
+    """SHA-256 and length of at most ``size`` bytes of ``source`` (what the header declared),
+    each chunk also given to ``sink``."""
+    digest = hashlib.sha256()
+    read = 0
+    while read < size and (chunk := source.read(min(_CHUNK, size - read))):
+        digest.update(chunk)
+        if sink is not None:
+            sink(chunk)
+        read += len(chunk)
+    return digest.hexdigest(), read
+
+
+def _hash_wheel(name: str, source: IO[bytes], size: int) -> tuple[str, int]:
+    return _digest(source, size)
+
+
+# -- installing a bundle ------------------------------------------------------------------------
 
 # (venv python, directory of the wheels, the wheel files) -> installs them or raises
 Installer = Callable[[Path, Path, Sequence[Path]], None]
@@ -476,7 +669,7 @@ def _run(command: list[str], what: str) -> None:
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as file:
-        while chunk := file.read(1024 * 1024):
+        while chunk := file.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -498,13 +691,7 @@ def install_bundle(
     slots = home / SLOTS
     slots.mkdir(parents=True, exist_ok=True)
     final = slot_dir(home, version)
-    try:
-        bundle_size = bundle.stat().st_size
-    except OSError as exc:
-        raise BundleRefusedError(f"cannot read the bundle {bundle}: {exc.strerror}") from exc
-    # The tar headers and padding are a small fraction on top of the members.
-    if bundle_size > limits.max_total_bytes + 1024 * (limits.max_members + 2) + 10240:
-        raise BundleTooLargeError(f"the bundle is {bundle_size} bytes, over the cap")
+    _check_bundle_size(bundle, limits)
     bundle_sha256 = _sha256_file(bundle)
     if is_installed(home, version):
         return _reuse(final, version, bundle_sha256)
@@ -513,10 +700,14 @@ def install_bundle(
     build = slots / f"{_BUILD_PREFIX}{version}-{secrets.token_hex(4)}"
     build.mkdir(mode=0o755)
     try:
-        manifest = _extract(bundle, build, version, limits)
+        wheels = build / WHEELS_DIR
+        wheels.mkdir()
+        # verify_bundle's walk, with each wheel copied out as it is hashed: what pip installs
+        # is exactly the bytes that matched the manifest.
+        copy = functools.partial(_copy, wheels)
+        manifest = _read_members(bundle, version, RUNNING_PYTHON, limits, copy)
         venv = build / "venv"
         _create_venv(venv)
-        wheels = build / "wheels"
         installer(venv / "bin" / "python", wheels, [wheels / w.name for w in manifest.wheels])
         shutil.rmtree(wheels)  # installed; the verified bundle stays in tuf/targets
         _retarget_scripts(venv / "bin", str(venv), str(final / "venv"))
@@ -564,122 +755,11 @@ def _retarget_scripts(bin_dir: Path, built: str, final: str) -> None:
             write_atomically(path, data.replace(old, new), path.stat().st_mode & 0o777)
 
 
-def _member_name(member: tarfile.TarInfo) -> str:
-    """The member's normalised name, or UnsafeBundleMemberError (absolute, ``..``, odd types)."""
-    name = member.name
-    if name.startswith("/") or "\\" in name or "\x00" in name:
-        raise UnsafeBundleMemberError(f"bundle member {name!r} has an absolute or odd path")
-    parts = [p for p in PurePosixPath(name).parts if p != "."]
-    if ".." in parts:
-        raise UnsafeBundleMemberError(f"bundle member {name!r} leaves the bundle (..)")
-    if member.issym() or member.islnk():
-        raise UnsafeBundleMemberError(f"bundle member {name!r} is a link (refused)")
-    if not (member.isfile() or member.isdir()):
-        raise UnsafeBundleMemberError(f"bundle member {name!r} is a device, FIFO or special file")
-    return "/".join(parts)
-
-
-def _extract(bundle: Path, build: Path, version: str, limits: BundleLimits) -> _Manifest:
-    """Check every member and write the wheels into ``build/wheels``; returns the manifest."""
-    wheels_dir = build / "wheels"
-    wheels_dir.mkdir()
-    seen: set[str] = set()
-    found: dict[str, tuple[str, int]] = {}  # wheel file -> (sha256, size)
-    manifest_raw: bytes | None = None
-    total = 0
-    try:
-        with tarfile.open(bundle, mode="r:") as tar:
-            for count, member in enumerate(tar, start=1):
-                if count > limits.max_members:
-                    raise BundleTooLargeError(f"the bundle has over {limits.max_members} members")
-                name = _member_name(member)
-                if name in seen:
-                    raise UnsafeBundleMemberError(f"bundle member {name!r} appears twice")
-                seen.add(name)
-                if member.isdir():
-                    if name not in ("", "wheels"):
-                        raise UnsafeBundleMemberError(f"unexpected directory {name!r}")
-                    continue
-                total += _check_size(member, name, total, limits)
-                source = tar.extractfile(member)
-                if source is None:  # pragma: no cover - regular files always have data
-                    raise UnsafeBundleMemberError(f"bundle member {name!r} has no data")
-                if name == "manifest.json":
-                    manifest_raw = source.read(member.size)
-                else:
-                    wheel = _wheel_name(name)
-                    found[wheel] = _copy(source, wheels_dir / wheel, member.size)
-    except tarfile.TarError as exc:
-        raise BundleRefusedError(f"the bundle is not a readable tar file: {exc}") from exc
-    if manifest_raw is None:
-        raise BundleManifestError("the bundle has no manifest.json")
-    manifest = _parse_manifest(manifest_raw, version)
-    _match(manifest, found)
-    return manifest
-
-
-def _match(manifest: _Manifest, found: dict[str, tuple[str, int]]) -> None:
-    listed = {w.name: w for w in manifest.wheels}
-    if len(listed) != len(manifest.wheels):
-        raise BundleManifestError("the manifest lists a wheel twice")
-    if set(listed) != set(found):
-        missing, extra = sorted(set(listed) - set(found)), sorted(set(found) - set(listed))
-        raise BundleManifestError(
-            f"the wheels do not match the manifest (missing {missing}, unlisted {extra})"
-        )
-    for name, (sha256, size) in found.items():
-        if (sha256, size) != (listed[name].sha256, listed[name].size):
-            raise BundleHashMismatchError(f"wheel {name} does not match its manifest sha256/size")
-
-
-def _check_size(member: tarfile.TarInfo, name: str, total: int, limits: BundleLimits) -> int:
-    cap = limits.max_manifest_bytes if name == "manifest.json" else limits.max_member_bytes
-    if member.size > cap:
-        raise BundleTooLargeError(f"bundle member {name!r} is {member.size} bytes, over the cap")
-    if total + member.size > limits.max_total_bytes:
-        raise BundleTooLargeError("the bundle's members add up to more than the cap")
-    return member.size
-
-
-def _wheel_name(name: str) -> str:
-    wheel = name.removeprefix("wheels/")
-    if wheel == name or not _WHEEL_NAME.fullmatch(wheel):
-        raise UnsafeBundleMemberError(
-            f"unexpected bundle member {name!r} (only manifest.json and wheels/*.whl belong "
-            "in a bundle)"
-        )
-    return wheel
-
-
-def _parse_manifest(raw: bytes, version: str) -> _Manifest:
-    try:
-        manifest = msgspec.json.decode(raw, type=_Manifest)
-    except msgspec.ValidationError as exc:
-        raise BundleManifestError(f"manifest.json is invalid: {exc}") from exc
-    except msgspec.DecodeError as exc:
-        raise BundleManifestError("manifest.json is not JSON") from exc
-    if manifest.version != version:
-        raise BundleManifestError(
-            f"the bundle is version {manifest.version!r}, expected {version!r}"
-        )
-    running = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if manifest.python != running:
-        raise BundleManifestError(f"the bundle is for Python {manifest.python}, this is {running}")
-    for wheel in manifest.wheels:
-        if not _WHEEL_NAME.fullmatch(wheel.name) or not _SHA256.fullmatch(wheel.sha256):
-            raise BundleManifestError(f"manifest entry {wheel.name!r} is malformed")
-    return manifest
-
-
-def _copy(source: IO[bytes], target: Path, size: int) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    written = 0
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+def _copy(wheels: Path, name: str, source: IO[bytes], size: int) -> tuple[str, int]:
+    # A path this module builds from a checked name, never one taken from the tar.
+    fd = os.open(wheels / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as out:
-        while written < size and (chunk := source.read(min(1024 * 1024, size - written))):
-            digest.update(chunk)
-            out.write(chunk)
-            written += len(chunk)
+        result = _digest(source, size, out.write)
         out.flush()
         os.fsync(out.fileno())
-    return digest.hexdigest(), written
+    return result
