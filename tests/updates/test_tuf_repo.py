@@ -42,6 +42,20 @@ def offline(keys: dict[str, list[tuf_repo.Signer]], **kwargs: int) -> Repository
     )
 
 
+def complete(keys: dict[str, list[tuf_repo.Signer]], *, bin_bits: int) -> Repository:
+    """Every role signed, one key each (what the cloud serves after a first publication)."""
+    return Repository.create(
+        root=keys["root"][:1],
+        targets=keys["targets"][:1],
+        release=keys["release"][:1],
+        snapshot=keys["snapshot"][0],
+        timestamp=keys["timestamp"][0],
+        config=keys["config"][0],
+        bin_bits=bin_bits,
+        now=NOW,
+    )
+
+
 def signed_release(repo: Repository, keys: dict[str, list[tuf_repo.Signer]], n: int = 1) -> None:
     repo.stage_software("1.2.0", b"bundle")
     repo.sign_role("release", signers=keys["release"][:n])
@@ -182,16 +196,7 @@ def test_history_in_the_workspace_is_skipped_not_republished(
 
 
 def test_only_offline_roles_are_accepted(keys: dict[str, list[tuf_repo.Signer]]) -> None:
-    repo = Repository.create(
-        root=keys["root"][:1],
-        targets=keys["targets"][:1],
-        release=keys["release"][:1],
-        snapshot=keys["snapshot"][0],
-        timestamp=keys["timestamp"][0],
-        config=keys["config"][0],
-        bin_bits=4,
-        now=NOW,
-    )
+    repo = complete(keys, bin_bits=4)
     with pytest.raises(PublicationError, match="only root, targets and release"):
         verify_publication(
             {},
@@ -204,16 +209,7 @@ def test_only_offline_roles_are_accepted(keys: dict[str, list[tuf_repo.Signer]])
 def test_config_goes_to_one_bin_and_moves_snapshot_and_timestamp(
     keys: dict[str, list[tuf_repo.Signer]],
 ) -> None:
-    repo = Repository.create(
-        root=keys["root"][:1],
-        targets=keys["targets"][:1],
-        release=keys["release"][:1],
-        snapshot=keys["snapshot"][0],
-        timestamp=keys["timestamp"][0],
-        config=keys["config"][0],
-        bin_bits=4,
-        now=NOW,
-    )
+    repo = complete(keys, bin_bits=4)
     succinct = repo.md["config"].signed.delegations.succinct_roles
     assert isinstance(succinct, SuccinctRoles)
     assert len(list(succinct.get_roles())) == 16
@@ -233,16 +229,7 @@ def test_config_goes_to_one_bin_and_moves_snapshot_and_timestamp(
 def test_refresh_resigns_only_what_is_past_half_its_lifetime(
     keys: dict[str, list[tuf_repo.Signer]],
 ) -> None:
-    repo = Repository.create(
-        root=keys["root"][:1],
-        targets=keys["targets"][:1],
-        release=keys["release"][:1],
-        snapshot=keys["snapshot"][0],
-        timestamp=keys["timestamp"][0],
-        config=keys["config"][0],
-        bin_bits=2,
-        now=NOW,
-    )
+    repo = complete(keys, bin_bits=2)
     repo.changed.clear()
     assert repo.refresh(NOW + timedelta(hours=1)) == []
     assert repo.refresh(NOW + timedelta(hours=13)) == ["timestamp.json"]

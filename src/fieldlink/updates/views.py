@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from contextlib import suppress
-from functools import wraps
 from typing import Any, Final
 from uuid import UUID
 
@@ -23,15 +21,14 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import redirect
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from fieldlink.accounts import auth
 from fieldlink.accounts.access import Permission, Scope
-from fieldlink.accounts.templatetags.fieldlink_orgs import ORG_SESSION_KEY
 from fieldlink.devices.models import EdgeDevice
-from fieldlink.kit.errors import HTTP_STATUS, FieldlinkError
+from fieldlink.telemetry.views import page_errors, render_page
 from fieldlink.updates import api, services
 from fieldlink.updates.errors import (
     ConfigurationInvalidError,
@@ -61,25 +58,7 @@ CHECK_ERROR_LABEL: Final = {
 
 def _page(view: _View) -> _View:
     """Signed-in and uncached; a service refusal renders as the organisations' error page."""
-
-    @never_cache
-    @login_required
-    @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except FieldlinkError as exc:
-            back: Scope | None = None
-            with suppress(FieldlinkError):  # only to offer a way back
-                back = auth.scope(request, kwargs.get("org_id"))
-            return render(
-                request,
-                "orgs/error.html",
-                {"message": exc.message, "code": exc.code, "back_scope": back},
-                status=HTTP_STATUS[exc.kind],
-            )
-
-    return wrapper
+    return never_cache(login_required(page_errors(view)))
 
 
 def _render(
@@ -90,16 +69,11 @@ def _render(
     *,
     status: int = 200,
 ) -> HttpResponse:
-    org_id = str(scope.organisation.pk)
-    if request.session.get(ORG_SESSION_KEY) != org_id:
-        request.session[ORG_SESSION_KEY] = org_id
-    base = {
-        "scope": scope,
-        "org": scope.organisation,
-        "can_roll_out": scope.can(api.ROLLOUT_PERMISSION) and scope.can(Permission.DATA_CONFIGURE),
+    rights = {
+        "can_roll_out": scope.can(api.ROLLOUT_PERMISSION),
         "can_configure": scope.can(Permission.DATA_CONFIGURE),
     }
-    return render(request, template, {**base, **context}, status=status)
+    return render_page(request, scope, template, {**rights, **context}, status=status)
 
 
 def _waves_by_rollout(scope: Scope, rollouts: list[Rollout]) -> dict[UUID, list[Any]]:
