@@ -21,6 +21,7 @@ from tuf.ngclient.fetcher import FetcherInterface
 from fieldlink.updates import repository, tuf_repo
 from fieldlink.updates.errors import PublicationRefusedError, RepositoryMissingError
 from fieldlink.updates.models import TufMetadata, TufTarget
+from fieldlink.updates.workspace import parse_online_keys
 from tests.telemetry.ingest_support import make_plant
 
 pytestmark = [pytest.mark.django_db, pytest.mark.backend]
@@ -94,7 +95,7 @@ def test_online_keys_are_private_files(var: Path) -> None:
     for role in public:
         assert (var / "tuf" / "online" / f"{role}.pem").stat().st_mode & 0o777 == 0o600
     assert (var / "tuf" / "online").stat().st_mode & 0o777 == 0o700
-    assert repository.parse_public_keys(public)["config"].keyid == public["config"]["keyid"]
+    assert parse_online_keys(public)["config"].keyid == public["config"]["keyid"]
 
 
 def test_published_release_is_installable_by_the_real_client(var: Path) -> None:

@@ -30,6 +30,7 @@ from fieldlink.protocol.telemetry import AgentStatus, Gap
 __all__ = [
     "DISCOVERED_SITE",
     "announce",
+    "audit_by_device",
     "enroll",
     "record_status",
     "rotate_credential",
@@ -38,7 +39,8 @@ __all__ = [
 DISCOVERED_SITE: Final = "Discovered"
 
 
-def _audit(device: EdgeDevice, action: str, *, after: object = None, ip: str = "") -> None:
+def audit_by_device(device: EdgeDevice, action: str, *, after: object = None, ip: str = "") -> None:
+    """An audit entry in the device's organisation with the device itself as the actor."""
     audit_services.record(
         str(device.organisation_id),
         action=action,
@@ -61,14 +63,16 @@ def enroll(
     if software_version:
         device.software_version = software_version
         device.save(update_fields=["software_version"])
-    _audit(device, "device.enrolled", after={"software_version": software_version}, ip=client_ip)
+    audit_by_device(
+        device, "device.enrolled", after={"software_version": software_version}, ip=client_ip
+    )
     return issued
 
 
 def rotate_credential(device: EdgeDevice, *, client_ip: str = "") -> credentials.IssuedSecret:
     """A new credential for the device; the current one works until the new one is first used."""
     issued = credentials.rotate(device)
-    _audit(device, "device.credential_rotated", ip=client_ip)
+    audit_by_device(device, "device.credential_rotated", ip=client_ip)
     return issued
 
 
@@ -158,7 +162,7 @@ def announce(device: EdgeDevice, message: Announce, *, client_ip: str = "") -> A
         created_assets=created_assets, created_points=created_points, updated_assets=updated_assets
     )
     if created_assets or created_points or updated_assets:
-        _audit(
+        audit_by_device(
             device,
             "device.announced",
             after={

@@ -22,7 +22,7 @@ The helpers that summarise rollouts and alerts for a response are shared with th
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Final, Literal
 from uuid import UUID
@@ -261,17 +261,26 @@ def get_rollout(request: HttpRequest, org_id: UUID, rollout_id: UUID) -> Rollout
     return rollout_detail(scope_of(request, org_id), rollout_id)
 
 
+def _change_rollout(
+    request: HttpRequest,
+    org_id: UUID,
+    rollout_id: UUID,
+    change: Callable[..., object],
+) -> RolloutDetailOut:
+    scope = scope_of(request, org_id)
+    scope.require(ROLLOUT_PERMISSION)
+    with transaction.atomic():
+        change(scope, rollout_id, request=request)
+    return rollout_detail(scope, rollout_id)
+
+
 @router.post(
     "/orgs/{org_id}/rollouts/{rollout_id}/pause",
     response=RolloutDetailOut,
     summary="Pause a running rollout (no new offers; devices already offered keep theirs)",
 )
 def pause_rollout(request: HttpRequest, org_id: UUID, rollout_id: UUID) -> RolloutDetailOut:
-    scope = scope_of(request, org_id)
-    scope.require(ROLLOUT_PERMISSION)
-    with transaction.atomic():
-        services.pause_rollout(scope, rollout_id, request=request)
-    return rollout_detail(scope, rollout_id)
+    return _change_rollout(request, org_id, rollout_id, services.pause_rollout)
 
 
 @router.post(
@@ -280,11 +289,7 @@ def pause_rollout(request: HttpRequest, org_id: UUID, rollout_id: UUID) -> Rollo
     summary="Resume a paused rollout (a halted one stays halted)",
 )
 def resume_rollout(request: HttpRequest, org_id: UUID, rollout_id: UUID) -> RolloutDetailOut:
-    scope = scope_of(request, org_id)
-    scope.require(ROLLOUT_PERMISSION)
-    with transaction.atomic():
-        services.resume_rollout(scope, rollout_id, request=request)
-    return rollout_detail(scope, rollout_id)
+    return _change_rollout(request, org_id, rollout_id, services.resume_rollout)
 
 
 @router.post(
@@ -293,11 +298,7 @@ def resume_rollout(request: HttpRequest, org_id: UUID, rollout_id: UUID) -> Roll
     summary="Cancel a rollout for good (every offer not yet done is withdrawn)",
 )
 def cancel_rollout(request: HttpRequest, org_id: UUID, rollout_id: UUID) -> RolloutDetailOut:
-    scope = scope_of(request, org_id)
-    scope.require(ROLLOUT_PERMISSION)
-    with transaction.atomic():
-        services.cancel_rollout(scope, rollout_id, request=request)
-    return rollout_detail(scope, rollout_id)
+    return _change_rollout(request, org_id, rollout_id, services.cancel_rollout)
 
 
 # -- configuration -------------------------------------------------------------------------------

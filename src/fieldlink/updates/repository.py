@@ -28,7 +28,7 @@ from typing import Any, Final
 from django.conf import settings
 from django.db import connection
 from django.db.models import Max
-from securesystemslib.signer import CryptoSigner, Key, SSlibKey
+from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Targets, Timestamp
 
 from fieldlink.kit.files import write_atomically
@@ -129,15 +129,6 @@ def online_public_keys(*, create: bool = False) -> dict[str, dict[str, Any]]:
     }
 
 
-def parse_public_keys(document: Mapping[str, Any]) -> dict[str, Key]:
-    keys: dict[str, Key] = {}
-    for role in ONLINE_ROLES:
-        entry = dict(document[role])
-        keyid = entry.pop("keyid")
-        keys[role] = SSlibKey.from_dict(keyid, entry)
-    return keys
-
-
 # -- reading -------------------------------------------------------------------------------------
 
 
@@ -224,11 +215,13 @@ def open_target(served_name: str) -> TargetBlob | None:
 
 
 def software_releases() -> list[SoftwareTarget]:
-    files = _current_files()
-    name = next((n for n in files if n.endswith(f".{tuf_repo.ROLE_RELEASE}.json")), None)
-    if name is None:
+    """What the newest release role lists (one row read: rollouts ask this on a request)."""
+    row = (
+        TufMetadata.objects.filter(role=tuf_repo.ROLE_RELEASE).order_by("-version").only("data")
+    ).first()
+    if row is None:
         return []
-    release = Metadata[Targets].from_bytes(files[name])
+    release = Metadata[Targets].from_bytes(bytes(row.data))
     out = []
     for path, target in release.signed.targets.items():
         custom = target.custom if isinstance(target.custom, dict) else {}

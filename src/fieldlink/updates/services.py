@@ -54,6 +54,7 @@ from fieldlink.accounts.access import Permission, Principal, Scope
 from fieldlink.accounts.services import audit
 from fieldlink.audit import services as audit_services
 from fieldlink.audit.models import PLATFORM_CHAIN, ActorType
+from fieldlink.devices.edge_services import audit_by_device
 from fieldlink.devices.errors import DeviceRevokedError
 from fieldlink.devices.models import EdgeDevice
 from fieldlink.edge.config import ConfigError
@@ -153,22 +154,6 @@ def _system_audit(
         target_id=target_id,
         before=before,
         after=after,
-    )
-
-
-def _device_audit(
-    device: EdgeDevice, action: str, *, after: object = None, client_ip: str = ""
-) -> None:
-    audit_services.record(
-        str(device.organisation_id),
-        action=action,
-        actor_type=ActorType.DEVICE,
-        actor_id=str(device.pk),
-        actor_label=device.name,
-        target_type="edge_device",
-        target_id=str(device.pk),
-        after=after,
-        ip=client_ip or None,
     )
 
 
@@ -735,7 +720,7 @@ def record_report(
     locked.save()
     after_update = (locked.update_version, locked.update_state)
     if after_update != before_update and report.update_state in OUTCOME_STATES:
-        _device_audit(
+        audit_by_device(
             locked,
             "device.update_reported",
             after={
@@ -744,11 +729,11 @@ def record_report(
                 "update_state": report.update_state,
                 "update_error": report.update_error,
             },
-            client_ip=client_ip,
+            ip=client_ip,
         )
     after_config = (locked.applied_config_version, locked.applied_config_hash, locked.config_error)
     if after_config != before_config:
-        _device_audit(
+        audit_by_device(
             locked,
             "device.configuration_reported",
             after={
@@ -756,7 +741,7 @@ def record_report(
                 "config_hash": report.config_hash,
                 "config_error": report.config_error,
             },
-            client_ip=client_ip,
+            ip=client_ip,
         )
     return ReportAck(
         desired_config_version=locked.desired_config_version,
